@@ -1,0 +1,109 @@
+"""LLaVA-style conversation annotations: load, validate, and check against a feature store before any training.
+
+An annotation file is a JSON list of
+    {"id": "v0003-q0", "video": "v0003",
+     "conversations": [{"from": "human", "value": "<video>\\nWhat ...?"}, {"from": "gpt", "value": "high"}]}
+`video` names an item in the feature store. Every problem is reported with the entry it comes from, and all
+problems of a file are reported together, so a user fixes a bad file in one pass.
+"""
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = {"human": "user", "gpt": "assistant"}
+# Item ids are keys, never paths; still refuse anything that looks like a path escape so an id cannot be turned
+# into one by a downstream tool.
+SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be trained or evaluated on; the message lists every bad entry."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    video_id: str
+    turns: tuple[tuple[str, str], ...]  # (role, text) with role "user" | "assistant"; the last turn is the answer
+
+    @property
+    def answer(self) -> str:
+        return self.turns[-1][1]
+
+
+def is_safe_id(value: str) -> bool:
+    return bool(SAFE_ID.match(value)) and ".." not in value.split("/")
+
+
+def _parse_entry(index: int, entry) -> tuple[Sample | None, list[str]]:
+    where = f"entry {index}"
+    if not isinstance(entry, dict):
+        return None, [f"{where}: expected an object, got {type(entry).__name__}"]
+    sample_id, video = entry.get("id"), entry.get("video")
+    if isinstance(sample_id, str):
+        where = f"entry {index} (id {sample_id!r})"
+    problems = []
+    if not isinstance(sample_id, str) or not sample_id:
+        problems.append(f"{where}: 'id' must be a non-empty string")
+    if not isinstance(video, str) or not is_safe_id(video):
+        problems.append(f"{where}: 'video' must be a store item id (letters, digits, _ . - /, no '..'), got {video!r}")
+    turns = []
+    conversations = entry.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        problems.append(f"{where}: 'conversations' must be a non-empty list")
+    else:
+        for k, turn in enumerate(conversations):
+            if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+                problems.append(f"{where}: turn {k} must be {{'from': 'human'|'gpt', 'value': str}}")
+                continue
+            turns.append((ROLES[turn["from"]], turn["value"]))
+        if turns and turns[-1][0] != "assistant":
+            problems.append(f"{where}: the last turn must be the answer ('from': 'gpt')")
+    if problems:
+        return None, problems
+    return Sample(sample_id, video, tuple(turns)), []
+
+
+def load_annotations(path: str | Path) -> list[Sample]:
+    """Parse and validate an annotation file; raise AnnotationError listing every problem."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise AnnotationError(f"{path}: not a readable JSON file: {err}") from err
+    if not isinstance(raw, list):
+        raise AnnotationError(f"{path}: expected a JSON list of samples, got {type(raw).__name__}")
+    samples, problems, seen = [], [], set()
+    for index, entry in enumerate(raw):
+        sample, entry_problems = _parse_entry(index, entry)
+        problems += entry_problems
+        if sample is not None:
+            if sample.id in seen:
+                problems.append(f"entry {index}: duplicate id {sample.id!r}")
+            seen.add(sample.id)
+            samples.append(sample)
+    if problems:
+        raise AnnotationError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    if not samples:
+        raise AnnotationError(f"{path}: no samples")
+    return samples
+
+
+def check_against_store(samples: list[Sample], available: dict[str, set[str]], source: str) -> None:
+    """Refuse samples whose video lacks features for a requested modality.
+
+    `available` maps each requested modality to the item ids committed for it (an empty set when the store has no
+    such modality). Raises AnnotationError naming the modality and the missing ids.
+    """
+    problems = []
+    for modality, items in available.items():
+        if not items:
+            problems.append(f"the store has no committed '{modality}' features")
+            continue
+        missing = sorted({s.video_id for s in samples} - items)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+            problems.append(f"{len(missing)} video(s) have no '{modality}' features: {shown}")
+    if problems:
+        raise AnnotationError(f"{source}: " + "; ".join(problems))
