@@ -52,8 +52,6 @@ def test_every_problem_is_listed_at_once(tmp_path):
 
 
 def test_unknown_videos_and_missing_modalities_are_named():
-
-
     samples = [Sample("a", "v1", (("assistant", "x"),)), Sample("b", "v9", (("assistant", "y"),))]
     check_against_store(samples, {"video": {"v1", "v9"}}, "ann.json")
     with pytest.raises(AnnotationError, match="1 video\\(s\\) have no 'audio' features: v9"):
