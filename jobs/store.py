@@ -1,9 +1,94 @@
-"""Not yet implemented: its issue has not landed."""
+"""`pave store ls|inspect|verify|gc`: look into a feature store (local path or fsspec URL) and keep it healthy."""
 
 
 def add_arguments(parser):
-    pass
+    sub = parser.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    ls = sub.add_parser("ls", help="versions: modality, fingerprint, schema, items ok/failed")
+    ls.add_argument("store")
+    inspect = sub.add_parser("inspect", help="one video's rows in every version that has it")
+    inspect.add_argument("store")
+    inspect.add_argument("video_id")
+    inspect.add_argument("--modality")
+    inspect.add_argument("--fingerprint", help="fingerprint id or a unique prefix of it")
+    verify = sub.add_parser("verify", help="checksums, index consistency, NaN/inf scan; exit 1 on any problem")
+    verify.add_argument("store")
+    gc = sub.add_parser("gc", help="drop versions not kept, uncommitted parts of dead writers, stale claims")
+    gc.add_argument("store")
+    gc.add_argument("--keep", nargs="+", required=True, metavar="FP", help="fingerprint ids to keep (exact)")
+    gc.add_argument("--grace-s", type=float, default=3600.0,
+                    help="keep uncommitted parts whose writer showed life this recently (default 3600)")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
 
 
 def run(args) -> int:
-    raise SystemExit(f"pave {args.command}: not yet implemented")
+    import sys
+
+    from featurestore import FeatureError, FeatureStore
+
+    action = {"ls": _ls, "inspect": _inspect, "verify": _verify, "gc": _gc}[args.store_command]
+    try:
+        return action(FeatureStore(args.store), args)
+    except FeatureError as e:
+        print(f"pave store {args.store_command}: {e}", file=sys.stderr)
+        return 2
+
+
+def _describe(info) -> str:
+    s = info.schema
+    extras = "".join(f" +{name}{list(shape)}:{dtype}" for name, (shape, dtype) in s.extras.items())
+    return (f"{s.modality:8s} {info.fingerprint_id}  [N,{s.tokens_per_step},{s.dim}] {s.dtype}{extras}  "
+            f"ok={info.n_ok} failed={info.n_failed}  encoder={info.spec.get('encoder')}  attrs={s.attrs}")
+
+
+def _ls(store, args) -> int:
+    infos = store.versions()
+    if not infos:
+        print(f"{store.url}: no versions")
+    for info in infos:
+        print(_describe(info))
+    return 0
+
+
+def _inspect(store, args) -> int:
+    found = False
+    for info in store.versions(args.modality):
+        if not info.fingerprint_id.startswith(args.fingerprint or ""):
+            continue
+        version = store.version(info.modality, info.fingerprint_id)
+        if args.video_id in version.failures():
+            print(f"{version.path}: {args.video_id} FAILED: {version.failures()[args.video_id]}")
+            found = True
+        if args.video_id not in version.committed_items():
+            continue
+        found = True
+        f = version.get(args.video_id)
+        tokens = f.to_torch().float()
+        print(f"{version.path}: {args.video_id}")
+        print(f"  tokens {tuple(f.tokens.shape)} {f.schema.dtype}  mean={tokens.mean():.4g} std={tokens.std():.4g} "
+              f"absmax={tokens.abs().max():.4g}")
+        print(f"  time   {f.t_start[0]:.3f}s .. {f.t_end[-1]:.3f}s  t_start[:8]={f.t_start[:8].round(3).tolist()}")
+        for name, values in f.extras.items():
+            print(f"  {name:6s} {tuple(values.shape)} {values.dtype}")
+    if not found:
+        print(f"{args.video_id}: not in any matching version of {store.url}")
+    return 0 if found else 1
+
+
+def _verify(store, args) -> int:
+    n_problems = 0
+    for info in store.versions():
+        problems = store.version(info.modality, info.fingerprint_id).verify()
+        n_problems += len(problems)
+        print(f"{'OK ' if not problems else 'BAD'} {info.modality}/{info.fingerprint_id} ({info.n_ok} items)")
+        for problem in problems:
+            print(f"    {problem}")
+    print(f"{n_problems} problem(s)")
+    return 1 if n_problems else 0
+
+
+def _gc(store, args) -> int:
+    removed = store.gc(args.keep, grace_s=args.grace_s, dry_run=args.dry_run)
+    for path in removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path}")
+    print(f"{len(removed)} path(s)")
+    return 0
