@@ -140,7 +140,7 @@ class PartWriter:
         if not (np.isfinite(t0).all() and np.isfinite(t1).all()):
             raise bad("timestamps contain NaN/inf")
         if (np.diff(t0) < 0).any():
-            raise bad(f"t_start is not non-decreasing (first drop after row {int(np.argmax(np.diff(t0) < 0))})")
+            raise bad(f"t_start must be non-decreasing; it drops after row {int(np.argmax(np.diff(t0) < 0))}")
         if (t1 < t0).any():
             raise bad(f"t_end < t_start in rows {np.flatnonzero(t1 < t0)[:10].tolist()}")
         return rows
