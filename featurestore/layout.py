@@ -4,16 +4,20 @@ import hashlib
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec
 
 from .schema import TokenSchema
 
-# zstd decodes at >1 GB/s per core whatever the level; level 3 is its default speed/ratio trade-off.
-COMPRESSOR = ZstdCodec(level=3)
-# Shards are the unit of writing and of files on disk/objects in a bucket: big enough for throughput and few
-# objects. Inner chunks are the unit of reading: small enough that one frame/time step is one chunk.
+# Float tokens are mostly mantissa noise: plain zstd saves ~8% on f16 and decodes at ~1 GB/s; bit-shuffling first
+# groups the predictable sign/exponent bits: saves 11% (f16), 30% (bf16), 15% (f32) and decodes twice as fast
+# (measured on 196x1152 rows of N(0, 0.5) values).
+COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+# Shards are the unit of writing and of files on disk / objects in a bucket: large, so there are few of them.
+# Inner chunks are the unit of reading: ~1 MiB, i.e. 2 SigLIP frames or 512 audio steps. zarr-python pays ~0.3 ms
+# per chunk read, so 1-row chunks made whole-video fetches 1.5x slower (BENCHMARKS.md) for no gain on local disks,
+# and object stores want range requests of a MiB or more anyway.
 SHARD_BYTES = 64 << 20
-CHUNK_BYTES = 256 << 10
+CHUNK_BYTES = 1 << 20
 
 
 def _pow2_at_most(n: float) -> int:

@@ -143,8 +143,8 @@ def test_writer_commit_is_visible_to_the_same_version_object(tmp_path):
     assert version.committed_items() == set(IDS[:2])
 
 
-def test_real_shapes_get_one_frame_per_chunk_and_large_shards(tmp_path):
-    """SigLIP-like video rows (196 x 1152 f16 = 441 KiB) are one chunk each; audio rows (1 x 1024) are grouped."""
+def test_real_shapes_get_small_chunks_and_large_shards(tmp_path):
+    """Inner chunks of ~1 MiB (2 SigLIP-like frames of 441 KiB, 512 audio steps of 2 KiB), shards of ~64 MiB."""
     import zarr
 
     shapes = {}
@@ -157,5 +157,5 @@ def test_real_shapes_get_one_frame_per_chunk_and_large_shards(tmp_path):
         (record,) = version.index().records
         tokens = zarr.open_array(str(tmp_path / "s" / version.path / "parts" / record["id"] / "tokens"), mode="r")
         shapes[modality] = (tokens.chunks, tokens.shards)
-    assert shapes["video"] == ((1, 196, 1152), (128, 196, 1152))  # 56 MiB shards
-    assert shapes["audio"] == ((128, 1, 1024), (32768, 1, 1024))  # 256 KiB chunks, 64 MiB shards
+    assert shapes["video"] == ((2, 196, 1152), (128, 196, 1152))
+    assert shapes["audio"] == ((512, 1, 1024), (32768, 1, 1024))
