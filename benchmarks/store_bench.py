@@ -1,0 +1,149 @@
+"""Random per-video fetches: the feature store vs the reference layout (one torch.save .pt per video, loaded whole
+with torch.load - the only way that layout can be read), on the same data, in one run.
+
+Cases: whole video (all frames), and a time range (--range-frames consecutive frames of --frames), each with a warm
+page cache and cold (the files evicted with posix_fadvise(DONTNEED) before every fetch; needs no root).
+Layouts: pt (reference), store (the featurestore API, zarr-python), and, when tensorstore is installed, "store/ts":
+the same store files read by tensorstore's zarr3 driver (row ranges from the store's index) - it shows what the
+format allows beyond zarr-python's per-chunk overhead. Prints a table and each layout's throughput ratio to pt.
+
+    .venv/bin/python benchmarks/store_bench.py --videos 48 --fetches 64
+    .venv/bin/python benchmarks/store_bench.py --videos 8 --frames 256 --fetches 32   # long videos / dense steps
+"""
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featurestore import FeatureStore, TokenSchema, fingerprint
+
+
+def video(args, k: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Tokens [frames, tokens, dim] float16 and frame times (seconds) of video k, deterministic."""
+    g = torch.Generator().manual_seed(k)
+    tokens = (torch.randn(args.frames, args.tokens, args.dim, generator=g) * 0.5).to(torch.float16)
+    return tokens, np.arange(args.frames) / args.fps
+
+
+def write_both(args, root: Path) -> tuple[FeatureStore, Path, dict]:
+    ref_dir, store_dir = root / "pt", root / "store"
+    ref_dir.mkdir(parents=True)
+    schema = TokenSchema("video", args.tokens, args.dim, "float16", {}, {"fps": args.fps})
+    version = FeatureStore(store_dir).create_version(schema, fingerprint("bench", "-", {}, "float16", "1"))
+    seconds = {"pt": 0.0, "store": 0.0}
+    with version.writer() as writer:
+        for k in range(args.videos):
+            tokens, t = video(args, k)
+            start = time.perf_counter()
+            torch.save({"tokens": tokens, "t": torch.from_numpy(t)}, ref_dir / f"v{k:05d}.pt")
+            seconds["pt"] += time.perf_counter() - start
+            start = time.perf_counter()
+            writer.add(f"v{k:05d}", tokens, t, t)
+            seconds["store"] += time.perf_counter() - start
+        start = time.perf_counter()
+    seconds["store"] += time.perf_counter() - start  # leaving the block wrote the last shard and the commit
+    os.sync()  # written pages must be clean for fadvise to evict them
+    return FeatureStore(store_dir), ref_dir, seconds
+
+
+def tensorstore_fetch(version):
+    """fetch(k, f0, f1) reading the store's files with tensorstore, or None when it is not installed."""
+    try:
+        import tensorstore as ts
+    except ImportError:
+        return None
+    arrays = {}
+
+    def fetch(k, f0, f1):
+        part, r0, _ = version.index().rows[f"v{k:05d}"]
+        if part not in arrays:
+            path = f"{version.store.files.root}/{version.path}/parts/{part}/tokens"
+            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path},
+                    "context": {"cache_pool": {"total_bytes_limit": 0}}}  # no cache: read like the others
+            arrays[part] = ts.open(spec, read=True).result()
+        return torch.from_numpy(arrays[part][r0 + f0 : r0 + f1].read().result())
+
+    return fetch
+
+
+def evict(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def measure(layouts, plan, cold: bool) -> dict[str, tuple[float, float, int]]:
+    """name -> (total seconds, median ms, bytes returned) over the plan. Layouts take turns on each fetch, so that
+    load from other processes on a shared machine hits them alike."""
+    times = {name: [] for name, _, _ in layouts}
+    nbytes = dict.fromkeys(times, 0)
+    for item in plan:
+        for name, fetch, directory in layouts:
+            if cold:
+                evict(directory)
+            start = time.perf_counter()
+            tokens = fetch(*item)
+            times[name].append(time.perf_counter() - start)
+            nbytes[name] += tokens.numel() * tokens.element_size()
+    return {name: (sum(t), 1e3 * float(np.median(t)), nbytes[name]) for name, t in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=int, default=48)
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=196)
+    p.add_argument("--dim", type=int, default=1152)
+    p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--fetches", type=int, default=64)
+    p.add_argument("--range-frames", type=int, default=4)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/pave_store_bench"))
+    args = p.parse_args()
+
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    store, ref_dir, write_s = write_both(args, args.workdir)
+    version = store.version("video")
+    mb = args.videos * args.frames * args.tokens * args.dim * 2 / 2**20
+    print(f"{args.videos} videos x {args.frames} frames x {args.tokens} x {args.dim} float16 = {mb:.0f} MiB per layout;"
+          f" write: pt {write_s['pt']:.1f} s, store {write_s['store']:.1f} s (zstd + checksums)")
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, args.videos, args.fetches)
+    first = rng.integers(0, args.frames - args.range_frames + 1, args.fetches)
+    whole_plan = [(int(k), 0, args.frames) for k in ids]
+    range_plan = [(int(k), int(f), int(f) + args.range_frames) for k, f in zip(ids, first)]
+
+    def ref_fetch(k, f0, f1):  # the reference layout has to load the whole file, then slice
+        return torch.load(ref_dir / f"v{k:05d}.pt")["tokens"][f0:f1]
+
+    def store_fetch(k, f0, f1):
+        if (f0, f1) == (0, args.frames):
+            return version.get(f"v{k:05d}").to_torch()
+        return version.get_range(f"v{k:05d}", f0 / args.fps, (f1 - 1) / args.fps).to_torch()
+
+    layouts = [("pt", ref_fetch, ref_dir), ("store", store_fetch, Path(store.files.root))]
+    if (ts_fetch := tensorstore_fetch(version)) is not None:
+        layouts.append(("store/ts", ts_fetch, Path(store.files.root)))
+    for item in (whole_plan[0], range_plan[0]):  # the same data every way; also opens the index, as a reader would
+        for _, fetch, _ in layouts[1:]:
+            assert torch.equal(ref_fetch(*item), fetch(*item))
+    print(f"{'case':28s} {'layout':8s} {'fetch/s':>8s} {'MiB/s':>8s} {'median ms':>10s}  vs pt")
+    for case, plan in [("whole video", whole_plan), (f"range {args.range_frames}/{args.frames} frames", range_plan)]:
+        for cache in ("warm", "cold"):
+            results = measure(layouts, plan, cold=cache == "cold")
+            pt_rate = len(plan) / results["pt"][0]
+            for name, (total, median_ms, nbytes) in results.items():
+                rate = len(plan) / total
+                ratio = f"{rate / pt_rate:.2f}x" if name != "pt" else ""
+                print(f"{case + ', ' + cache:28s} {name:8s} {rate:8.1f} {nbytes / 2**20 / total:8.0f} "
+                      f"{median_ms:10.2f}  {ratio}")
+
+
+if __name__ == "__main__":
+    main()
