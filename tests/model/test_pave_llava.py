@@ -1,0 +1,207 @@
+"""PAVE on the tiny LLaVA-OneVision: no-op at init, HF-identical video layout, label-only loss, varlen frames,
+composable patches, LoRA targeting, save -> load in a fresh process, greedy generation."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+
+import modeldata
+from model.llava import IGNORE_INDEX, PaveLlava
+from model.patch import PatchConfig, PavePatch, VideoBatch
+
+Q = 4  # tiny SigLIP: 4x4 patches per frame, 2x2 after pooling
+
+
+def load(tiny_dir):
+    return LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def patch(base, side_dim=12, live=True, seed=0) -> PavePatch:
+    torch.manual_seed(seed)
+    cfg = PatchConfig(side_dim=side_dim, query_dim=base.config.vision_config.hidden_size,
+                      llm_dim=base.config.text_config.hidden_size, d_model=16, num_heads=2, ffn_dim=32, out_hidden=32)
+    p = PavePatch(cfg).eval()
+    if live:  # give the zero-init output LayerNorm weights, so the patch changes something
+        torch.nn.init.normal_(p.out[-1].weight)
+        torch.nn.init.normal_(p.out[-1].bias)
+    return p
+
+
+def batch(tok, base, frames=(3, 2), answers=("a dog", "two loud beeps"), pad_left=False):
+    ids, am, labels = modeldata.chat_batch(tok, base.config.video_token_id, list(frames), Q, list(answers), pad_left)
+    video = modeldata.video(list(frames), Q, base.config.vision_config.hidden_size)
+    return ids, am, labels, video
+
+
+def sides(n=2):
+    return {"audio": modeldata.side_batch([9, 4, 6][:n], 1, 12, duration=6.0),
+            "exo": modeldata.side_batch([3, 7, 5][:n], 4, 8, duration=6.0, seed=7)}
+
+
+def test_zero_init_patches_leave_logits_bit_identical(tiny_dir):
+    base, tok = load(tiny_dir)
+    ids, am, _, video = batch(tok, base)
+    model = PaveLlava(base).eval()
+    with torch.no_grad():
+        plain = model(ids, am, video)
+        model.add_patch("audio", patch(base, live=False))
+        model.add_patch("exo", patch(base, side_dim=8, live=False))
+        patched = model(ids, am, video, sides())
+        assert torch.equal(patched, plain)
+        model.add_patch("audio", patch(base))  # the same inputs with a live patch do change the logits
+        assert not torch.allclose(model(ids, am, video, sides()), plain)
+
+
+def test_video_tokens_land_where_hf_puts_them(tiny_dir):
+    """With a linear projector, pooling commutes with it: our stored-feature path must then reproduce HF's own
+    pixel path exactly (frame order, one image_newline per video, placeholder scatter)."""
+    base, tok = load(tiny_dir)
+    base.model.multi_modal_projector.act = torch.nn.Identity()
+    ids, am, _, _ = batch(tok, base, frames=(3, 3))
+    pixels = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        hf = base(input_ids=ids, attention_mask=am, pixel_values_videos=pixels).logits
+        # what the feature store holds: SigLIP hidden_states[vision_feature_layer] (not last_hidden_state, which has
+        # the post-LayerNorm), 2x2 pooled
+        hidden = base.model.vision_tower(pixels.flatten(0, 1), output_hidden_states=True).hidden_states
+        stored = base.model.apply_pooling(hidden[base.config.vision_feature_layer]).view(2, 3, Q, -1)
+        ours = PaveLlava(base)(ids, am, VideoBatch(stored, torch.arange(3.0).repeat(2, 1)))
+    torch.testing.assert_close(ours, hf, atol=1e-5, rtol=1e-5)
+
+
+def test_label_only_loss_equals_full_logits_cross_entropy(tiny_dir):
+    base, tok = load(tiny_dir)
+    ids, am, labels, video = batch(tok, base, answers=("a dog", "two loud beeps and music"))
+    model = PaveLlava(base, {"audio": patch(base)}).eval()
+    side = {"audio": sides()["audio"]}
+    with torch.no_grad():
+        logits = model(ids, am, video, side)
+        want = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+        got = model.loss(ids, am, video, side, labels)
+    assert (labels != IGNORE_INDEX).sum() >= 6
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_batched_logits_equal_per_sample_with_fewer_frames(tiny_dir):
+    base, tok = load(tiny_dir)
+    frames = (3, 1)
+    ids, am, _, video = batch(tok, base, frames=frames)
+    audio = [modeldata.side_sample(n, 1, 12, duration=6.0, seed=n) for n in (9, 4)]
+    model = PaveLlava(base, {"audio": patch(base)}).eval()
+    with torch.no_grad():
+        batched = model(ids, am, video, {"audio": modeldata.SideBatch.pack(audio)})
+        for b in range(2):
+            n = int(am[b].sum())
+            alone = model(ids[b : b + 1, :n], am[b : b + 1, :n], modeldata.subset(video, b),
+                          {"audio": modeldata.SideBatch.pack([audio[b]])})
+            torch.testing.assert_close(batched[b, :n], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_patches_compose_by_sum_and_are_removable(tiny_dir):
+    base, tok = load(tiny_dir)
+    ids, _, _, video = batch(tok, base)
+    model = PaveLlava(base, {"audio": patch(base, seed=1), "exo": patch(base, side_dim=8, seed=2)}).eval()
+    s = sides()
+    with torch.no_grad():
+        none, audio = model.embed(ids, video), model.embed(ids, video, {"audio": s["audio"]})
+        exo, both = model.embed(ids, video, {"exo": s["exo"]}), model.embed(ids, video, s)
+        torch.testing.assert_close(both - none, (audio - none) + (exo - none), atol=1e-6, rtol=1e-6)
+        # each patch adds exactly its output at its frame's tokens, nothing to the newline or the text
+        out = model.patches["audio"](video, s["audio"])
+        n_frames = video.mask.sum(1).tolist()
+        expected = torch.cat([torch.cat([out[b, :n].flatten(0, 1), torch.zeros(1, out.shape[-1])])
+                              for b, n in enumerate(n_frames)])
+        is_video = ids == base.config.video_token_id
+        torch.testing.assert_close((audio - none)[is_video], expected, atol=1e-6, rtol=1e-6)
+        assert torch.equal(audio[~is_video], none[~is_video]) and expected.abs().sum() > 0
+        removed = model.remove_patch("exo")
+        assert isinstance(removed, PavePatch) and list(model.patches) == ["audio"]
+        assert torch.equal(model.embed(ids, video, {"audio": s["audio"]}), audio)
+    with pytest.raises(KeyError, match="exo"):
+        model.embed(ids, video, s)
+
+
+def test_lora_wraps_only_llm_projections_and_only_patch_and_lora_train(tiny_dir):
+    base, tok = load(tiny_dir)
+    ids, am, labels, video = batch(tok, base)
+    model = PaveLlava(base, {"audio": patch(base)})
+    model.add_lora()
+    wrapped = [n for n, m in model.named_modules() if hasattr(m, "lora_A")]
+    n_layers = base.config.text_config.num_hidden_layers
+    assert len(wrapped) == 7 * n_layers
+    assert all(".language_model." in n and n.endswith("_proj") for n in wrapped)
+    assert model.llm.peft_config["default"].r == 64 and model.llm.peft_config["default"].lora_alpha == 16
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if "lora_" in n or n.startswith("patches.")}
+    model.train().loss(ids, am, video, {"audio": sides()["audio"]}, labels).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
+               if n.startswith("patches.") or "lora_B" in n)  # lora_A gets no gradient while B is still zero
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+
+
+LOAD_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from peft import PeftModel
+    from transformers import LlavaOnevisionForConditionalGeneration
+    from model.llava import PaveLlava
+    from model.patch import SideBatch, VideoBatch
+    base_dir, ckpt, io = sys.argv[1:]
+    x = torch.load(io + "/inputs.pt")
+    model = PaveLlava.from_pretrained(base_dir, ckpt)
+    video = VideoBatch(x["features"], x["times"], x["mask"])
+    side = {"audio": SideBatch(x["tokens"], x["t_start"], x["t_end"], x["offsets"])}
+    plain = PeftModel.from_pretrained(LlavaOnevisionForConditionalGeneration.from_pretrained(base_dir), ckpt + "/lora")
+    with torch.no_grad():
+        torch.save({"logits": model(x["ids"], x["am"], video, side),
+                    "text_logits": plain(input_ids=x["ids"][:, :12]).logits}, io + "/out.pt")
+""")
+
+
+def test_save_then_load_in_a_fresh_process_gives_identical_logits(tiny_dir, tmp_path):
+    base, tok = load(tiny_dir)
+    ids, am, _, video = batch(tok, base)
+    model = PaveLlava(base, {"audio": patch(base)})
+    model.add_lora()
+    for name, p in model.named_parameters():  # a trained-looking LoRA (B starts at zero)
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    model.eval()
+    side = {"audio": sides()["audio"]}
+    with torch.no_grad():
+        logits = model(ids, am, video, side)
+        text_logits = model.hf(input_ids=ids[:, :12]).logits
+        with model.llm.disable_adapter():
+            assert not torch.allclose(model.hf(input_ids=ids[:, :12]).logits, text_logits)  # LoRA matters
+    model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt/lora/adapter_model.safetensors").exists()
+    assert (tmp_path / "ckpt/patches/audio/model.safetensors").exists()
+    a = side["audio"]
+    torch.save(dict(ids=ids, am=am, features=video.features, times=video.times, mask=video.mask, tokens=a.tokens,
+                    t_start=a.t_start, t_end=a.t_end, offsets=a.offsets), tmp_path / "inputs.pt")
+    subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(tiny_dir), str(tmp_path / "ckpt"), str(tmp_path)],
+                   check=True, cwd=Path(__file__).parents[2])
+    out = torch.load(tmp_path / "out.pt")
+    assert torch.equal(out["logits"], logits)
+    assert torch.equal(out["text_logits"], text_logits)
+
+
+def test_greedy_generate_matches_a_step_by_step_argmax(tiny_dir):
+    base, tok = load(tiny_dir)
+    frames = (2, 3)
+    ids, am, _, video = batch(tok, base, frames=frames, answers=("", ""), pad_left=True)
+    audio = [modeldata.side_sample(n, 1, 12, duration=6.0, seed=n) for n in (9, 4)]
+    model = PaveLlava(base, {"audio": patch(base)}).eval()
+    new = model.generate(ids, am, video, {"audio": modeldata.SideBatch.pack(audio)}, max_new_tokens=6, eos_token_id=[])
+    assert new.shape == (2, 6)
+    for b in range(2):
+        seq = ids[b, am[b].bool()][None]
+        one = (modeldata.subset(video, b), {"audio": modeldata.SideBatch.pack([audio[b]])})
+        with torch.no_grad():
+            for _ in range(6):
+                seq = torch.cat([seq, model(seq, torch.ones_like(seq), *one)[:, -1:].argmax(-1)], dim=1)
+        assert torch.equal(new[b], seq[0, -6:]), b
