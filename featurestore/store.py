@@ -260,8 +260,7 @@ class Version(_Cached):
     def writer(self, owner: str | None = None, shard_bytes: int = SHARD_BYTES) -> PartWriter:
         return PartWriter(self, owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", shard_bytes)
 
-    def new_part_group(self, part_id: str, owner: str) -> zarr.Group:
-        now = time.time()
+    def new_part_group(self, part_id: str, owner: str, now: float) -> zarr.Group:
         attrs = {"owner": owner, "created": now, "heartbeat": now}
         return zarr.create_group(self.store.zarr_store, path=f"{self.path}/parts/{part_id}", attributes=attrs)
 

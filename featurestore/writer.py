@@ -16,10 +16,15 @@ if TYPE_CHECKING:
     from .store import Version
 
 COMMIT_FORMAT = 1
+# How often a writer refreshes its part's heartbeat, by which gc tells a live writer's part from a dead one's
+# (gc's grace period must be well above it).
+HEARTBEAT_S = 60.0
 
 
 class PartWriter:
     """Use as a context manager: commits on clean exit; on an exception nothing becomes visible.
+    The writer does not check what is already committed: take items with `Version.claim` first (it skips committed
+    ones). An item committed twice is served from its earliest commit.
 
     Input rules (checked in `add`, before anything is buffered, so a caller may catch the FeatureError, record it
     with `fail` and go on):
@@ -47,6 +52,7 @@ class PartWriter:
         self._failed: dict[str, str] = {}
         self._checksums: dict[str, list[str]] = {name: [] for name in self._schema.row_arrays()}
         self._committed = False
+        self._heartbeat = 0.0
 
     def __enter__(self) -> "PartWriter":
         return self
@@ -66,6 +72,9 @@ class PartWriter:
         self._pending_rows += n
         if self._pending_rows >= self._shard_rows:
             self._flush(final=False)
+        if self._group is not None and time.time() - self._heartbeat > HEARTBEAT_S:
+            self._heartbeat = time.time()
+            self._group.attrs["heartbeat"] = self._heartbeat
 
     def fail(self, video_id: str, reason: str) -> None:
         self._check_new_id(video_id)
@@ -152,7 +161,8 @@ class PartWriter:
         if n == 0:
             return
         if self._group is None:
-            self._group = self.version.new_part_group(self.part_id, self.owner)
+            self._heartbeat = time.time()
+            self._group = self.version.new_part_group(self.part_id, self.owner, self._heartbeat)
             self._arrays = create_part_arrays(self._group, self._schema, self._shard_rows)
         for name, pieces in self._pending.items():
             values = np.concatenate(pieces)
@@ -160,4 +170,3 @@ class PartWriter:
             self._checksums[name] += [digest(values[s]) for s in shard_slices(n, self._shard_rows)]
             self._pending[name] = [values[n:]]
         self._pending_rows -= n
-        self._group.attrs["heartbeat"] = time.time()  # lets gc tell a live writer's part from a crashed one's

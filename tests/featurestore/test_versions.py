@@ -1,5 +1,7 @@
 """Fingerprints: stable ids, coexisting versions that never overwrite each other, idempotent reuse, gc."""
 import hashlib
+import os
+import time
 
 import numpy as np
 import pytest
@@ -97,3 +99,18 @@ def test_gc_keeps_only_the_listed_fingerprints(tmp_path):
     assert not (tmp_path / "store" / drop.path).exists()
     assert [v.fingerprint_id for v in store.versions()] == [keep.fingerprint.id]
     np.testing.assert_array_equal(store.version("video").get("a").tokens, fsdata.rows(keep.schema, "a")["tokens"])
+
+
+def test_gc_spares_a_live_writer_and_removes_dead_leftovers(tmp_path):
+    version = fsdata.version(tmp_path / "store")
+    live = version.writer("live", shard_bytes=4 * 8 * 2 * 4)
+    live.add("a", **fsdata.rows(version.schema, "a"))  # >= 4 rows: one shard flushed, part on disk, not committed
+    leftover = tmp_path / "store" / version.path / "commits" / ".x.json.0123.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("{")
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+    store = FeatureStore(tmp_path / "store")
+    assert store.gc([version.fingerprint.id]) == [f"{version.path}/commits/.x.json.0123.tmp"]
+    assert not leftover.exists() and (tmp_path / "store" / version.path / "parts" / live.part_id).exists()
+    live.commit()  # the live writer was not disturbed
+    assert store.version("video").items() == ["a"] and store.version("video").verify() == []
