@@ -44,6 +44,14 @@ def test_verify_catches_flipped_bytes_in_a_shard(tmp_path):
     assert FeatureStore(tmp_path / "store").version("video").verify()  # the API agrees
 
 
+def test_verify_reports_shards_that_do_not_decode(tmp_path):
+    version, part = _store(tmp_path)
+    (part / "t_start" / "c" / "0").write_bytes(b"not a shard" * 8)
+    (problem,) = FeatureStore(tmp_path / "store").version("video").verify()
+    assert "t_start shard 0 (rows 0:4) does not decode" in problem
+    assert pave("verify", tmp_path / "store").returncode == 1
+
+
 def test_verify_finds_nan_written_behind_the_writers_back(tmp_path):
     version, part = _store(tmp_path)
     tokens = zarr.open_array(str(part / "tokens"), mode="r+")
