@@ -15,9 +15,6 @@ class Features:
     extras: dict[str, np.ndarray]
     schema: TokenSchema
 
-    def __len__(self) -> int:
-        return len(self.tokens)
-
     def to_torch(self):
         """Tokens as a torch tensor of the logical dtype, bit-exact (bfloat16 is a reinterpretation of the bits)."""
         import torch

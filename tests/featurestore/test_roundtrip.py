@@ -159,3 +159,17 @@ def test_real_shapes_get_small_chunks_and_large_shards(tmp_path):
         shapes[modality] = (tokens.chunks, tokens.shards)
     assert shapes["video"] == ((2, 196, 1152), (128, 196, 1152))
     assert shapes["audio"] == ((512, 1, 1024), (32768, 1, 1024))
+
+
+def test_bfloat16_accepts_ml_dtypes_and_stored_bits(tmp_path):
+    """Features.tokens (uint16 bits) can be written back as is, e.g. to copy items between stores."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    version = fsdata.version(tmp_path / "store", "bfloat16", extras={})
+    values = np.random.default_rng(0).standard_normal((3, 4, 8)).astype(ml_dtypes.bfloat16)
+    t = np.arange(3.0)
+    with version.writer() as w:
+        w.add("ml", values, t, t)
+    with version.writer() as w:
+        w.add("bits", version.get("ml").tokens, t, t)
+    assert version.get("bits").tokens.tobytes() == values.view(np.uint16).tobytes()
+    assert torch.equal(version.get("bits").to_torch(), torch.from_numpy(values.view(np.uint16)).view(torch.bfloat16))
