@@ -112,9 +112,10 @@ class PaveLlava(nn.Module):
         """Full logits [B, T, vocab] (eval / tests; training uses `loss`)."""
         return self.hf.lm_head(self.hidden_states(input_ids, attention_mask, video, side))
 
-    def loss(self, input_ids, attention_mask, video, side=None, labels=None) -> torch.Tensor:
-        """Mean next-token cross-entropy over label positions (labels == IGNORE_INDEX elsewhere). Only the hidden
-        states that predict a label go through lm_head: full-vocabulary logits at every position dominate memory."""
+    def loss(self, input_ids, attention_mask, video, side, labels) -> torch.Tensor:
+        """Mean next-token cross-entropy over label positions (labels == IGNORE_INDEX elsewhere; side may be None).
+        Only the hidden states that predict a label go through lm_head: full-vocabulary logits at every position
+        would dominate memory (DESIGN: the first lever toward MFU)."""
         hidden = self.hidden_states(input_ids, attention_mask, video, side)[:, :-1]
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
@@ -140,13 +141,16 @@ class PaveLlava(nn.Module):
         (directory / "pave.json").write_text(json.dumps({"patches": list(self.patches)}, indent=2))
 
     @classmethod
-    def from_pretrained(cls, base_dir, checkpoint_dir=None, dtype=None, trainable: bool = False) -> "PaveLlava":
-        """Rebuild from a local base model dir (+ a checkpoint written by `save_pretrained`)."""
+    def from_pretrained(cls, base_dir, checkpoint_dir=None, dtype=None, trainable: bool = False,
+                        patches: list[str] | None = None) -> "PaveLlava":
+        """Rebuild from a local base model dir (+ a checkpoint written by `save_pretrained`; `patches` picks which
+        of its patches to load, default all). trainable=False: eval mode, everything frozen."""
         base = LlavaOnevisionForConditionalGeneration.from_pretrained(base_dir, dtype=dtype)
         model = cls(base)
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)
-            for name in json.loads((checkpoint_dir / "pave.json").read_text())["patches"]:
+            saved = json.loads((checkpoint_dir / "pave.json").read_text())["patches"]
+            for name in saved if patches is None else patches:
                 model.add_patch(name, PavePatch.from_pretrained(checkpoint_dir / "patches" / name, dtype=dtype))
             if (checkpoint_dir / "lora").exists():
                 model.llm = PeftModel.from_pretrained(base, checkpoint_dir / "lora", is_trainable=trainable)

@@ -188,6 +188,13 @@ def test_save_then_load_in_a_fresh_process_gives_identical_logits(tiny_dir, tmp_
     out = torch.load(tmp_path / "out.pt")
     assert torch.equal(out["logits"], logits)
     assert torch.equal(out["text_logits"], text_logits)
+    # patches are individually loadable: a second patch saved alongside, only the first one loaded back
+    model.add_patch("exo", patch(base, side_dim=8, seed=3))
+    model.save_pretrained(tmp_path / "ckpt2")
+    only_audio = PaveLlava.from_pretrained(tiny_dir, tmp_path / "ckpt2", patches=["audio"])
+    assert list(only_audio.patches) == ["audio"]
+    with torch.no_grad():
+        assert torch.equal(only_audio.embed(ids, video, side), model.embed(ids, video, side))
 
 
 def test_greedy_generate_matches_a_step_by_step_argmax(tiny_dir):
