@@ -1,9 +1,29 @@
-"""Not yet implemented: its issue has not landed."""
+"""`pave make-corpus OUT --videos N [--seed S] [--webdataset]`: write a synthetic corpus whose content is known
+(layout and truth files: pipelines/corpus.py)."""
+from pathlib import Path
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("out", type=Path, help="new or empty directory for the corpus")
+    parser.add_argument("--videos", type=int, required=True, metavar="N", help="number of takes")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus (default 0)")
+    parser.add_argument("--webdataset", action="store_true", help="also write WebDataset shards of the main videos")
 
 
 def run(args) -> int:
-    raise SystemExit(f"pave {args.command}: not yet implemented")
+    import json
+    import time
+
+    from pipelines.corpus import load_manifest, make_corpus
+
+    started = time.perf_counter()
+    try:
+        manifest = make_corpus(args.out, args.videos, seed=args.seed, webdataset=args.webdataset)
+    except (FileExistsError, ValueError) as err:
+        raise SystemExit(f"pave make-corpus: {err}") from err
+    rows = load_manifest(args.out)
+    annotations = {s: len(json.loads((args.out / "annotations" / f"{s}.json").read_text())) for s in ("train", "eval")}
+    print(f"{len(rows)} takes, {sum(len(r['exo']) for r in rows)} exo views, {annotations['train']} train / "
+          f"{annotations['eval']} eval questions in {time.perf_counter() - started:.1f} s")
+    print(f"manifest: {manifest}")
+    return 0

@@ -16,3 +16,12 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A synthetic corpus (8 takes, seed 0, with WebDataset shards) generated once per session; treat it as
+    read-only. Its layout and truth files are described in pipelines/corpus.py."""
+    from pipelines.corpus import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"), 8, seed=0, webdataset=True).parent
