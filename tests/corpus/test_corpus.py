@@ -1,0 +1,82 @@
+"""Corpus-level properties: annotations, WebDataset shards, determinism, refusal to mix corpora, the CLI."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from corpus_probe import decode_audio, decode_video
+from jobs.cli import main as pave
+from pipelines.annotations import load_annotations
+from pipelines.corpus import PITCH_HZ, QUESTION, START_QUESTION, load_manifest, load_truth, make_corpus
+
+
+def test_annotations_reference_the_corpus_and_are_balanced(corpus):
+    rows = load_manifest(corpus)
+    assert len({row["id"] for row in rows}) == len(rows)
+    for row in rows:
+        for path in [row["video"], row["rgbd"], *(view["path"] for view in row["exo"])]:
+            assert (corpus / path).is_file(), path
+    truths = {row["id"]: load_truth(corpus, row["id"]) for row in rows}
+    splits = {split: load_annotations(corpus / "annotations" / f"{split}.json") for split in ("train", "eval")}
+    assert sorted(s.video_id for samples in splits.values() for s in samples) == sorted(truths)  # each take once
+    for split, samples in splits.items():
+        assert Counter(s.answer for s in samples) == Counter({"low": len(samples) // 2, "high": len(samples) // 2})
+        for sample in samples:
+            truth = truths[sample.video_id]
+            assert sample.id == f"{sample.video_id}-q0" and truth["split"] == split
+            assert sample.turns == (("user", truth["question"]), ("assistant", truth["answer"]))
+            # The question names the start pitch exactly when the pitch changes later on.
+            changes = len(truth["audio"]["segments"]) > 1
+            assert truth["question"] == (START_QUESTION if changes else QUESTION)
+            assert truth["audio"]["segments"][0][2] == PITCH_HZ[sample.answer]
+    assert len(splits["eval"]) == 2
+
+
+def test_shards_hold_every_take(corpus):
+    rows = {row["id"]: row for row in load_manifest(corpus)}
+    samples = list(wds.WebDataset(sorted(str(p) for p in (corpus / "shards").glob("*.tar")), shardshuffle=False))
+    assert sorted(sample["__key__"] for sample in samples) == sorted(rows)
+    for sample in samples:
+        assert json.loads(sample["json"]) == rows[sample["__key__"]]
+        assert sample["mp4"] == (corpus / rows[sample["__key__"]]["video"]).read_bytes()
+
+
+def decoded_media(root):
+    """Every truth file and every decoded frame and audio sample of a corpus."""
+    truths, media = {}, {}
+    for row in load_manifest(root):
+        truths[row["id"]] = load_truth(root, row["id"])
+        for path in [row["video"], *(view["path"] for view in row["exo"])]:
+            media[path] = decode_video(root / path)[2]
+        media[row["video"] + ":audio"] = decode_audio(root / row["video"])[2]
+    return truths, media
+
+
+def test_same_seed_gives_the_same_corpus_and_another_seed_does_not(tmp_path, corpus):
+    first = decoded_media(make_corpus(tmp_path / "a", 5, seed=1).parent)
+    second = decoded_media(make_corpus(tmp_path / "b", 5, seed=1).parent)
+    assert first[0] == second[0]
+    assert first[1].keys() == second[1].keys()
+    for path in first[1]:
+        np.testing.assert_array_equal(np.stack(first[1][path]), np.stack(second[1][path]), err_msg=path)
+    assert first[0]["v0000"] != load_truth(corpus, "v0000")  # seed 0
+
+
+def test_refuses_to_write_into_a_non_empty_directory(corpus, tmp_path):
+    with pytest.raises(FileExistsError):
+        make_corpus(corpus, 1)
+    with pytest.raises(ValueError):
+        make_corpus(tmp_path / "none", 0)
+    assert list(tmp_path.iterdir()) == []  # no half-written corpus left behind
+
+
+def test_cli_writes_a_corpus_and_summarises_it(tmp_path, capsys):
+    assert pave(["make-corpus", str(tmp_path / "cli"), "--videos", "2", "--seed", "3", "--webdataset"]) == 0
+    rows = load_manifest(tmp_path / "cli")
+    assert [row["id"] for row in rows] == ["v0000", "v0001"]
+    assert (tmp_path / "cli" / "shards" / "shard-000000.tar").is_file()
+    assert "2 takes" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not empty"):
+        pave(["make-corpus", str(tmp_path / "cli"), "--videos", "2"])
