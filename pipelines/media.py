@@ -1,0 +1,134 @@
+"""Decoding with PyAV, on the stream's own presentation timeline: every time is pts x time_base in seconds, exactly
+what PyAV reports (`frame.time`), so variable frame rates and non-zero start times need no special case.
+
+Sampled frames are found without decoding: one demux pass (no decode) lists every frame's pts and the keyframes.
+The frames to keep are chosen on that list, then decoded GOP by GOP: a GOP that holds no wanted frame is skipped
+with a seek to the next wanted frame's keyframe, a GOP that holds one is decoded from its keyframe up to the
+last wanted frame in it. Sparse sampling (32 frames of a long video) decodes a few GOPs; dense sampling (2 fps)
+degenerates into one forward decode with no seeks, which is the cheapest way to get frames from most GOPs."""
+import bisect
+import io
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+class ItemError(Exception):
+    """An input that cannot be materialized (unreadable, truncated, missing track, too short): the message says
+    why, and the job records it as a failure of that item and goes on."""
+
+
+def open_media(source: str | bytes):
+    """A PyAV input container for a path or the bytes of a file (WebDataset samples, binary reads)."""
+    if not (len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(source)):
+        raise ItemError("zero-length file")
+    return av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    pts: np.ndarray  # int64 pts of every frame, sorted (presentation order)
+    keyframes: np.ndarray  # int64 pts of the keyframes, sorted
+    time_base: Fraction
+
+    @property
+    def times(self) -> np.ndarray:
+        """Seconds, computed the way PyAV computes `frame.time`, so they are equal to the last bit."""
+        return self.pts.astype(np.float64) * self.time_base.numerator / self.time_base.denominator
+
+
+def index_frames(container, stream) -> FrameIndex:
+    """Every frame's pts from the packets alone (no decoding). Packets the demuxer marks as discarded (before an
+    edit list's start) produce no frame, so they are left out."""
+    pts, keys = [], []
+    for packet in container.demux(stream):
+        if packet.pts is None or packet.size == 0 or packet.is_discard:
+            continue
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            keys.append(packet.pts)
+    if not pts:
+        raise ItemError("no video frames")
+    return FrameIndex(np.sort(np.array(pts, np.int64)), np.sort(np.array(keys, np.int64)), stream.time_base)
+
+
+def on_screen(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index of the frame being shown at each target time: the last frame whose time is <= the target."""
+    eps = 1e-9  # targets computed in float may land a hair before the frame time they were derived from
+    return np.clip(np.searchsorted(times, targets + eps, side="right") - 1, 0, len(times) - 1)
+
+
+def uniform_frames(times: np.ndarray, n: int) -> np.ndarray:
+    """`n` frames uniformly spaced in time from the first to the last frame (repeats when the video has fewer
+    frames than `n`, so every video yields exactly `n`, as the LLM's frame budget expects)."""
+    return on_screen(times, np.linspace(times[0], times[-1], n))
+
+
+def rate_frames(times: np.ndarray, fps: float) -> np.ndarray:
+    """The frames on screen every 1/fps seconds from the first frame, without repeats (a video slower than `fps`
+    yields each frame once)."""
+    targets = times[0] + np.arange(int(np.floor((times[-1] - times[0]) * fps + 1e-9)) + 1) / fps
+    return np.unique(on_screen(times, targets))
+
+
+def decode_frames(container, stream, index: FrameIndex, wanted: np.ndarray, size: int | None) -> np.ndarray:
+    """RGB frames [len(wanted), H, W, 3] uint8 for the frame indices `wanted` (repeats allowed), resized by
+    swscale to size x size (bicubic) when `size` is given. Decodes only the GOPs that hold wanted frames."""
+    targets = [int(p) for p in np.unique(index.pts[wanted])]
+    keyframes = index.keyframes.tolist()
+    if not keyframes or keyframes[0] > targets[0]:
+        raise ItemError("the first wanted frame has no keyframe before it")
+    stream.thread_type = "AUTO"
+    resize = {"width": size, "height": size, "interpolation": "BICUBIC"} if size else {}
+    got, frames, decoded_gop = {}, None, -2
+    for target in targets:
+        gop = bisect.bisect_right(keyframes, target) - 1
+        # the first target always seeks (the demux pass left the file at its end); later ones seek only when a
+        # whole GOP with nothing wanted lies ahead
+        if frames is None or gop > decoded_gop + 1:
+            container.seek(keyframes[gop], stream=stream)
+            frames = container.decode(stream)
+        for frame in frames:
+            if frame.pts is None:
+                continue
+            decoded_gop = bisect.bisect_right(keyframes, frame.pts) - 1
+            if frame.pts >= target:
+                break
+        else:
+            raise ItemError(f"truncated: the stream ends before the frame at t={float(target * index.time_base)}s")
+        if frame.pts != target:
+            raise ItemError(f"the frame at t={float(target * index.time_base)}s did not decode")
+        got[target] = frame.to_ndarray(format="rgb24", **resize)
+    return np.stack([got[int(p)] for p in index.pts[wanted]])
+
+
+def read_frames(source, pick, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(frames [N,H,W,3] uint8, times [N] seconds) of the frames `pick(times of all frames) -> indices` selects."""
+    with open_media(source) as container:
+        if not container.streams.video:
+            raise ItemError("no video track")
+        stream = container.streams.video[0]
+        index = index_frames(container, stream)
+        wanted = pick(index.times)
+        return decode_frames(container, stream, index, wanted, size), index.times[wanted]
+
+
+def read_audio(source) -> tuple[np.ndarray, int, float]:
+    """(samples [channels, n] float32, sample rate, time of the first sample in seconds) of the first audio track,
+    decoded whole: audio decoding is cheap, and fbank windows cover the entire track."""
+    with open_media(source) as container:
+        if not container.streams.audio:
+            raise ItemError("no audio track")
+        stream = container.streams.audio[0]
+        to_float = av.AudioResampler(format="fltp")  # sample format only: keeps the rate and the channels
+        chunks, start = [], None
+        for frame in container.decode(stream):
+            if start is None:
+                start = frame.time
+            chunks += [f.to_ndarray() for f in to_float.resample(frame)]
+        if not chunks:
+            raise ItemError("the audio track has no samples")
+        return np.concatenate(chunks, axis=1), stream.sample_rate, float(start)
