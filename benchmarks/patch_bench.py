@@ -66,24 +66,28 @@ def reference_design(patch: PavePatch, video: VideoBatch, side: SideBatch) -> to
     return torch.stack(outs)
 
 
-def measure(fn, device, iters, warmup):
-    """Median ms of fwd+bwd, and peak memory (MiB, CUDA only) of one step."""
+def measure(fns, device, iters, warmup):
+    """Median ms of fwd+bwd per function, alternating between them (the CPU may be shared: contention then hits
+    both alike), and the peak memory (MiB, CUDA only) of one step of each."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        fn()
-    sync()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(1000 * (time.perf_counter() - start))
-    peak = None
+        for fn, ts in zip(fns, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            ts.append(1000 * (time.perf_counter() - start))
+    peaks = [None] * len(fns)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    return sorted(times)[len(times) // 2], peak
+        for i, fn in enumerate(fns):
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            peaks[i] = torch.cuda.max_memory_allocated() / 2**20
+    return [sorted(ts)[len(ts) // 2] for ts in times], peaks
 
 
 def main(argv=None):
@@ -98,11 +102,14 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
     p.add_argument("--out", type=Path, help="append the JSON line to this file")
     args = p.parse_args(argv)
     if args.small:
         args.batch, args.frames, args.tokens_per_frame, args.min_side, args.max_side = 2, 8, 16, 20, 100
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(args.seed)
@@ -116,8 +123,9 @@ def main(argv=None):
             (forward(patch, video, side) * grad_out).sum().backward()
         return run
 
-    batched_ms, batched_peak = measure(step(lambda p, v, s: p(v, s)), device, args.iters, args.warmup)
-    loop_ms, loop_peak = measure(step(reference_design), device, args.iters, args.warmup)
+    (batched_ms, loop_ms), (batched_peak, loop_peak) = measure(
+        [step(lambda p, v, s: p(v, s)), step(reference_design)], device, args.iters, args.warmup
+    )
     record = {
         "bench": "patch_fwd_bwd", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."), "batch": args.batch, "frames": args.frames,
