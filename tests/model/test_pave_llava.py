@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
 import modeldata
 from model.llava import IGNORE_INDEX, PaveLlava
-from model.patch import PatchConfig, PavePatch, VideoBatch
+from model.patch import PatchConfig, PavePatch, SideBatch, VideoBatch
 
 Q = 4  # tiny SigLIP: 4x4 patches per frame, 2x2 after pooling
 
@@ -94,11 +94,11 @@ def test_batched_logits_equal_per_sample_with_fewer_frames(tiny_dir):
     audio = [modeldata.side_sample(n, 1, 12, duration=6.0, seed=n) for n in (9, 4)]
     model = PaveLlava(base, {"audio": patch(base)}).eval()
     with torch.no_grad():
-        batched = model(ids, am, video, {"audio": modeldata.SideBatch.pack(audio)})
+        batched = model(ids, am, video, {"audio": SideBatch.pack(audio)})
         for b in range(2):
             n = int(am[b].sum())
             alone = model(ids[b : b + 1, :n], am[b : b + 1, :n], modeldata.subset(video, b),
-                          {"audio": modeldata.SideBatch.pack([audio[b]])})
+                          {"audio": SideBatch.pack([audio[b]])})
             torch.testing.assert_close(batched[b, :n], alone[0], atol=1e-5, rtol=1e-5)
 
 
@@ -203,11 +203,11 @@ def test_greedy_generate_matches_a_step_by_step_argmax(tiny_dir):
     ids, am, _, video = batch(tok, base, frames=frames, answers=("", ""), pad_left=True)
     audio = [modeldata.side_sample(n, 1, 12, duration=6.0, seed=n) for n in (9, 4)]
     model = PaveLlava(base, {"audio": patch(base)}).eval()
-    new = model.generate(ids, am, video, {"audio": modeldata.SideBatch.pack(audio)}, max_new_tokens=6, eos_token_id=[])
+    new = model.generate(ids, am, video, {"audio": SideBatch.pack(audio)}, max_new_tokens=6, eos_token_id=[])
     assert new.shape == (2, 6)
     for b in range(2):
         seq = ids[b, am[b].bool()][None]
-        one = (modeldata.subset(video, b), {"audio": modeldata.SideBatch.pack([audio[b]])})
+        one = (modeldata.subset(video, b), {"audio": SideBatch.pack([audio[b]])})
         with torch.no_grad():
             for _ in range(6):
                 seq = torch.cat([seq, model(seq, torch.ones_like(seq), *one)[:, -1:].argmax(-1)], dim=1)
