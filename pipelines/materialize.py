@@ -1,0 +1,322 @@
+"""Materialization: decode videos once, encode them, and store timestamped tokens per modality in a feature store.
+
+For each modality, one Ray Data job over the item dataset (see sources.read_items):
+
+    items --prepare (CPU tasks)--> inputs --Encode (actor pool, GPU if any)--> tokens --write (tasks)--> status rows
+
+- prepare: claims its items in the store (so concurrent jobs split the work instead of writing items twice),
+  decodes with true timestamps and builds the encoder's inputs; an input it cannot use becomes a "failed" row
+  with the reason, never a substitute sample;
+- Encode: one encoder per actor, several items per forward pass (pipelines/encoders.py);
+- write: each task writes its batch as one part (PartWriter: a writer owns whole parts), failures included, and
+  returns one status row per item: ok | failed | skipped, with the reason.
+
+Modalities (what each row of the store holds):
+- video: `frames` frames uniform in time -> vision tower layer features, 2x2 bilinear pooled; t = frame pts.
+- hfr:   the frames on screen every 1/hfr_fps s -> vision tower features pooled to 2x2 (4 tokens); t = frame pts.
+- audio: 2 s windows every 1 s (pipelines/audio.py) -> one token each; [t_start, t_end] = the window's span.
+- exo:   `frames` frames of each exo view -> as video; t = view pts + the view's offset_s (the main timeline);
+         extra `view` (int32); rows in time order, views at one time in view order.
+- 3d:    each posed RGB-D view -> world points -> grid x grid patches -> point tokens; t = the view's time;
+         extras `pose` (camera-to-world [4,4] f64), `xyz` (patch mean world xyz [P,3] f32), `coverage` ([P] f32).
+Every time is seconds on the main video's presentation timeline (pts x time_base, as PyAV reports it)."""
+import json
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import av
+import numpy as np
+import ray
+
+from featurestore import FeatureError, FeatureStore, TokenSchema, Version, fingerprint
+
+from .audio import AudioWindows
+from .encoders import Encode, InputSpec, audio_encoder, point_encoder, vision_encoder, weights_digest
+from .geometry import view_patches
+from .media import ItemError, rate_frames, read_audio, read_frames, uniform_frames
+
+TRANSFORM_VERSION = "1"  # bump when a change here changes the tokens of an unchanged encoder and settings
+# What a bad input raises while being read: it fails that item only. Anything else is a bug and stops the job.
+INPUT_ERRORS = (ItemError, av.error.FFmpegError, OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the tokens are: every field is part of the fingerprint of the versions it produces."""
+
+    frames: int = 32  # video and per exo view
+    hfr_fps: float = 2.0
+    grid_3d: int = 8  # 3d patches per side
+    dtype: str = "float16"  # stored token dtype: float16 | bfloat16 | float32
+    vision_layer: int | None = None  # None: the LLaVA config's vision_feature_layer, else -1
+    seed: int = 0  # of the untrained encoders built when no directory is given
+    audio: AudioWindows = AudioWindows()
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the job runs; never part of a fingerprint."""
+
+    batch_size: int = 8  # items per encoder call
+    rows_per_forward: int = 128  # time steps (frames, windows, views) per encoder forward pass
+    concurrency: int | tuple[int, int] = 1  # encoder actors
+    num_gpus: float | None = None  # per encoder actor; None: 1 when the cluster has GPUs, else 0
+    encoder_cpus: float = 1.0
+    prepare_batch: int = 2  # items per prepare task
+    prepare_concurrency: int | None = None  # None: as many tasks as Ray can schedule
+    part_items: int = 64  # items per written part
+    lease_s: float = 1800.0  # how long a claim keeps other jobs off an item; > the time an item spends in flight
+
+
+@dataclass
+class Prepared:
+    inputs: np.ndarray  # [N, *InputSpec.shape] of the encoder
+    t_start: np.ndarray  # [N] seconds
+    t_end: np.ndarray
+    extras: dict = field(default_factory=dict)  # name -> [N, ...]
+
+
+def _video(item: dict):
+    if item["video"]:
+        return item["video"]
+    if item["video_bytes"] is None:
+        raise ItemError("the item has no video")
+    return item["video_bytes"]
+
+
+def prepare_video(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
+    frames, t = read_frames(_video(item), partial(uniform_frames, n=settings.frames), inputs.size)
+    return Prepared(frames, t, t)
+
+
+def prepare_hfr(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
+    frames, t = read_frames(_video(item), partial(rate_frames, fps=settings.hfr_fps), inputs.size)
+    return Prepared(frames, t, t)
+
+
+def prepare_audio(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
+    fbank, t_start, t_end = settings.audio(*read_audio(_video(item)))
+    return Prepared(fbank, t_start, t_end)
+
+
+def prepare_exo(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
+    frames, times, views = [], [], []
+    for view in json.loads(item["exo"]):
+        try:
+            f, t = read_frames(view["path"], partial(uniform_frames, n=settings.frames), inputs.size)
+        except INPUT_ERRORS as e:
+            raise ItemError(f"exo view {view['view']} ({view['path']}): {e}") from e
+        frames.append(f)
+        times.append(t + view["offset_s"])
+        views.append(np.full(len(t), view["view"], np.int32))
+    times, views = np.concatenate(times), np.concatenate(views)
+    order = np.lexsort((views, times))
+    return Prepared(np.concatenate(frames)[order], times[order], times[order], {"view": views[order]})
+
+
+def prepare_3d(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
+    with np.load(item["rgbd"]) as rgbd:
+        color, depth, intrinsics, poses, times = (
+            rgbd[k] for k in ("color", "depth", "intrinsics", "poses", "times")
+        )
+    patches = [view_patches(c, d, intrinsics, p, settings.grid_3d) for c, d, p in zip(color, depth, poses)]
+    xyz, rgb, coverage = (np.stack(parts).astype(np.float32) for parts in zip(*patches))
+    order = np.argsort(times, kind="stable")
+    inputs = np.concatenate([xyz, rgb, coverage[..., None]], -1)
+    t = times[order].astype(np.float64)
+    extras = {"pose": poses[order].astype(np.float64), "xyz": xyz[order], "coverage": coverage[order]}
+    return Prepared(inputs[order], t, t, extras)
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    encoder: Callable  # (path | None, Settings) -> encoder module (pipelines/encoders.py)
+    prepare: Callable  # (item, Settings, encoder.inputs) -> Prepared; raises INPUT_ERRORS for a bad input
+    params: Callable  # Settings -> the preprocessing parameters that define the tokens (fingerprint, attrs)
+    time_kind: str  # "frame": t_start == t_end == the frame's time; "span": the step covers [t_start, t_end]
+    extras: Callable = lambda settings: {}  # Settings -> {name: (trailing shape, numpy dtype)}
+    missing: Callable = lambda item: ""  # why the item has no input for this modality ("" when it has one)
+
+    def schema_and_fingerprint(self, settings: Settings, encoder):
+        params = {**self.params(settings), **encoder.params()}
+        attrs = {"time_kind": self.time_kind, "encoder": encoder.name, **params}
+        schema = TokenSchema(self.name, encoder.tokens_per_step, encoder.dim, settings.dtype,
+                             self.extras(settings), attrs)
+        fp = fingerprint(encoder.name, weights_digest(encoder), params, settings.dtype,
+                         f"{self.name}/{TRANSFORM_VERSION}")
+        return schema, fp
+
+
+def _vision(pool: str):
+    return lambda path, s: vision_encoder(path, pool, s.vision_layer, s.seed)
+
+
+MODALITIES = {
+    "video": Modality("video", _vision("half"), prepare_video, lambda s: {"frames": s.frames}, "frame"),
+    "audio": Modality("audio", lambda path, s: audio_encoder(path, s.audio, s.seed), prepare_audio,
+                      lambda s: s.audio.params(), "span"),
+    "hfr": Modality("hfr", _vision("2x2"), prepare_hfr, lambda s: {"fps": s.hfr_fps}, "frame"),
+    "exo": Modality("exo", _vision("half"), prepare_exo, lambda s: {"frames_per_view": s.frames}, "frame",
+                    extras=lambda s: {"view": ((), "int32")},
+                    missing=lambda item: "" if json.loads(item["exo"]) else "no exo views listed"),
+    "3d": Modality("3d", lambda path, s: point_encoder(path, s.grid_3d, s.seed), prepare_3d,
+                   lambda s: {"grid": s.grid_3d}, "frame",
+                   extras=lambda s: {"pose": ((4, 4), "float64"), "xyz": ((s.grid_3d**2, 3), "float32"),
+                                     "coverage": ((s.grid_3d**2,), "float32")},
+                   missing=lambda item: "" if item["rgbd"] else "no rgbd input listed"),
+}
+
+
+def _rows(batch: dict) -> list[dict]:
+    return [dict(zip(batch, values)) for values in zip(*batch.values())]
+
+
+def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: InputSpec, version: Version,
+                  owner: str, lease_s: float, done: frozenset) -> dict:
+    """Ray Data task: status rows for a batch of items, with the encoder inputs of those this job now owns."""
+    items = _rows(batch)
+    reasons = {}
+    for item in items:
+        reasons[item["id"]] = "already committed" if item["id"] in done else modality.missing(item)
+    wanted = [i["id"] for i in items if not reasons[i["id"]]]
+    granted = set(version.claim(wanted, owner, lease_s)) if wanted else set()
+    extras = version.schema.extras
+    out = {"id": [], "status": [], "reason": [], "inputs": [], "t_start": [], "t_end": []}
+    out.update({f"x_{name}": [] for name in extras})
+    for item in items:
+        video_id, status, reason = item["id"], "skipped", reasons[item["id"]]
+        prepared = Prepared(inputs.empty(), np.zeros(0), np.zeros(0), {})
+        if not reason and video_id not in granted:
+            reason = "claimed by another writer, or committed meanwhile"
+        elif not reason:
+            try:
+                prepared, status = modality.prepare(item, settings, inputs), "todo"
+            except INPUT_ERRORS as e:
+                status, reason = "failed", f"{modality.name} of {video_id!r} ({_describe(item)}): {e}"
+        for key, value in (("id", video_id), ("status", status), ("reason", reason), ("inputs", prepared.inputs),
+                           ("t_start", prepared.t_start), ("t_end", prepared.t_end)):
+            out[key].append(value)
+        for name, (shape, dtype) in extras.items():
+            out[f"x_{name}"].append(prepared.extras.get(name, np.zeros((0, *shape), dtype)))
+    return out
+
+
+def _describe(item: dict) -> str:
+    return item["video"] or ("video bytes" if item["video_bytes"] is not None else "no video")
+
+
+def write_part(batch: dict, version: Version, owner: str) -> dict:
+    """Ray Data task: the batch's finished items as one part (and its failures), then one status row per item."""
+    status, reason = list(batch["status"]), list(batch["reason"])
+    with version.writer(owner) as writer:
+        for k, row in enumerate(_rows(batch)):
+            if status[k] == "todo":
+                extras = {name: row[f"x_{name}"] for name in version.schema.extras}
+                try:
+                    writer.add(row["id"], row["tokens"], row["t_start"], row["t_end"], **extras)
+                    status[k] = "ok"
+                except FeatureError as e:  # e.g. non-finite tokens: the item fails, its batch goes on
+                    status[k], reason[k] = "failed", str(e)
+            if status[k] == "failed":
+                writer.fail(row["id"], reason[k])
+    # A failed item is not done: hand its claim back (a zero lease) so that the next run, whoever runs it, retries
+    # it at once. Committed items need no release: the commit record outranks any claim.
+    failed = [video_id for video_id, s in zip(batch["id"], status) if s == "failed"]
+    if failed:
+        version.claim(failed, owner, lease_s=0)
+    return {"id": batch["id"], "status": np.array(status), "reason": np.array(reason)}
+
+
+def materialize_modality(items: ray.data.Dataset, modality: Modality, encoder_path: str | None, store: FeatureStore,
+                         settings: Settings, resources: Resources, owner: str,
+                         num_gpus: float) -> tuple[Version, ray.data.Dataset]:
+    """The version one modality's job over `items` writes, and the job's status rows (lazy: nothing runs until
+    they are consumed).
+
+    The encoder is built here once for its fingerprint and shapes, and again in each actor: models are shipped as
+    recipes (path or seed), not pickled. On a CPU-only cluster Ray fuses prepare into the encoder actors (same
+    resources: each actor decodes, then encodes); with GPUs, CPU tasks decode while GPU actors encode."""
+    build = partial(modality.encoder, encoder_path, settings)
+    encoder = build()
+    version = store.create_version(*modality.schema_and_fingerprint(settings, encoder))
+    done = frozenset(version.committed_items())  # resume: items done before are skipped without decoding
+    return version, (
+        items.map_batches(
+            prepare_batch, batch_size=resources.prepare_batch,
+            compute=ray.data.TaskPoolStrategy(size=resources.prepare_concurrency),
+            fn_kwargs=dict(modality=modality, settings=settings, inputs=encoder.inputs, version=version,
+                           owner=owner, lease_s=resources.lease_s, done=done),
+        )
+        .map_batches(
+            Encode, batch_size=resources.batch_size, compute=_actor_pool(resources.concurrency), num_gpus=num_gpus,
+            num_cpus=resources.encoder_cpus,
+            fn_constructor_kwargs=dict(build=build, digest=version.fingerprint.spec["weights_digest"],
+                                       dtype=settings.dtype, rows_per_forward=resources.rows_per_forward),
+        )
+        .map_batches(write_part, batch_size=resources.part_items, fn_kwargs=dict(version=version, owner=owner))
+    )
+
+
+def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
+    if isinstance(concurrency, int):
+        return ray.data.ActorPoolStrategy(size=concurrency)
+    return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+
+
+@dataclass
+class Summary:
+    counts: dict[str, dict[str, int]]  # modality -> {"ok", "failed", "skipped"} item counts
+    failures: dict[str, dict[str, str]]  # modality -> item -> reason
+    versions: dict[str, str]  # modality -> fingerprint id written
+    seconds: float
+
+    def exit_code(self, strict: bool = False) -> int:
+        ok = sum(c["ok"] for c in self.counts.values())
+        failed = sum(c["failed"] for c in self.counts.values())
+        return int(failed > 0 and (strict or ok == 0))
+
+    def table(self) -> str:
+        lines = [f"{'modality':<8} {'version':<16} {'ok':>6} {'failed':>6} {'skipped':>7}"]
+        for name, c in self.counts.items():
+            lines.append(f"{name:<8} {self.versions[name]:<16} {c['ok']:>6} {c['failed']:>6} {c['skipped']:>7}")
+        for name, failed in self.failures.items():
+            lines += [f"FAILED {name} {video_id}: {reason}" for video_id, reason in sorted(failed.items())]
+        return "\n".join(lines + [f"{self.seconds:.1f}s"])
+
+
+def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), encoder_paths: dict | None = None,
+                settings: Settings = Settings(), resources: Resources = Resources(),
+                owner: str | None = None) -> Summary:
+    """Materialize `modalities` of `items` into the store at `store_url`, one version per (modality, fingerprint);
+    `encoder_paths` maps a modality to a local HF directory (absent: tiny untrained encoder). Items already
+    committed in a version are skipped; failed ones are retried.
+
+    `owner` names this job in item claims (default: unique per call). Claims keep concurrent jobs off each other's
+    items; a job restarted after a crash under the same owner takes its items back at once, under a new owner it
+    waits `resources.lease_s` for the dead job's claims to expire (its items count as skipped meanwhile)."""
+    start = time.perf_counter()
+    unknown = set(modalities) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; known: {list(MODALITIES)}")
+    encoder_paths = encoder_paths or {}
+    store, owner = FeatureStore(store_url), owner or f"materialize-{uuid.uuid4().hex[:12]}"
+    num_gpus = resources.num_gpus
+    if num_gpus is None:
+        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    counts, failures, versions = {}, {}, {}
+    for name in modalities:
+        version, rows = materialize_modality(items, MODALITIES[name], encoder_paths.get(name), store, settings,
+                                             resources, owner, num_gpus)
+        versions[name] = version.fingerprint.id
+        counts[name] = {"ok": 0, "failed": 0, "skipped": 0}
+        failures[name] = {}
+        for row in rows.iter_rows():
+            counts[name][row["status"]] += 1
+            if row["status"] == "failed":
+                failures[name][row["id"]] = row["reason"]
+    return Summary(counts, failures, versions, time.perf_counter() - start)
