@@ -1,9 +1,74 @@
-"""Not yet implemented: its issue has not landed."""
+"""`pave materialize --input SRC --store STORE --modalities video,audio,...`: decode videos and write timestamped
+tokens into a feature store, as a Ray Data job (pipelines/materialize.py). Connects to the cluster in RAY_ADDRESS
+when set (as under `ray job submit`), else starts a local Ray. Exit status: 1 when every attempted item failed, or
+with --strict when any did; 0 otherwise (a rerun that finds everything done included)."""
 
 
 def add_arguments(parser):
-    pass
+    parser.add_argument("--input", required=True, metavar="SRC",
+                        help="directory of videos, directory of (or one) WebDataset .tar shards, or a .jsonl manifest")
+    parser.add_argument("--store", required=True, help="feature store path or fsspec URL")
+    parser.add_argument("--modalities", default="video", type=lambda s: [m for m in s.split(",") if m],
+                        help="comma-separated from video,audio,hfr,exo,3d (default video)")
+    parser.add_argument("--encoder-path", action="append", default=[], metavar="M=DIR",
+                        help="local HF directory of modality M's encoder (repeatable); video/hfr/exo accept a "
+                             "LlavaOnevisionForConditionalGeneration dir. Without: a tiny untrained encoder")
+    parser.add_argument("--root", help="directory that relative exo/rgbd paths of WebDataset samples are under "
+                                       "(default: the directory above the shards')")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any item failed")
+    parser.add_argument("--frames", type=int, default=32, help="frames per video and per exo view (default 32)")
+    parser.add_argument("--hfr-fps", type=float, default=2.0, help="high frame rate sampling (default 2 fps)")
+    parser.add_argument("--grid-3d", type=int, default=8, help="3D patches per side (default 8)")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                        help="stored token dtype (default float16)")
+    parser.add_argument("--vision-layer", type=int,
+                        help="hidden layer of the vision tower (default: the LLaVA config's, else -1)")
+    parser.add_argument("--batch-size", type=int, default=8, help="items per encoder call (default 8)")
+    parser.add_argument("--rows-per-forward", type=int, default=128,
+                        help="frames/windows/views per encoder forward pass (default 128)")
+    parser.add_argument("--concurrency", default="1", metavar="N|MIN,MAX",
+                        help="encoder actors: a fixed number or an autoscaling range (default 1)")
+    parser.add_argument("--num-gpus", type=float, help="GPUs per encoder actor (default: 1 if the cluster has GPUs)")
+    parser.add_argument("--part-items", type=int, default=64, help="items per written part (default 64)")
+    parser.add_argument("--owner", help="job name in item claims; reuse it to resume a crashed job at once")
+    parser.add_argument("--lease-s", type=float, default=1800.0, help="claim lease in seconds (default 1800)")
+    parser.add_argument("--summary-json", help="also write the summary here as JSON")
+
+
+def _encoder_paths(values: list[str]) -> dict[str, str]:
+    paths = {}
+    for value in values:
+        modality, sep, path = value.partition("=")
+        if not sep or not path:
+            raise SystemExit(f"pave materialize: --encoder-path {value!r} is not M=DIR")
+        paths[modality] = path
+    return paths
 
 
 def run(args) -> int:
-    raise SystemExit(f"pave {args.command}: not yet implemented")
+    import dataclasses
+    import json
+
+    from jobs.ray_runtime import init_ray
+    from pipelines.materialize import MODALITIES, Resources, Settings, materialize
+    from pipelines.sources import read_items
+
+    encoder_paths = _encoder_paths(args.encoder_path)
+    unknown = (set(args.modalities) | set(encoder_paths)) - set(MODALITIES)
+    if unknown:
+        raise SystemExit(f"pave materialize: unknown modalities {sorted(unknown)}; known: {','.join(MODALITIES)}")
+    concurrency = tuple(int(n) for n in args.concurrency.split(","))
+    settings = Settings(frames=args.frames, hfr_fps=args.hfr_fps, grid_3d=args.grid_3d, dtype=args.dtype,
+                        vision_layer=args.vision_layer)
+    resources = Resources(batch_size=args.batch_size, rows_per_forward=args.rows_per_forward,
+                          concurrency=concurrency[0] if len(concurrency) == 1 else concurrency,
+                          num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s)
+    ray = init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    summary = materialize(read_items(args.input, args.root), args.store, args.modalities,
+                          encoder_paths, settings, resources, owner=args.owner)
+    print(summary.table())
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(dataclasses.asdict(summary), f, indent=1)
+    return summary.exit_code(args.strict)
