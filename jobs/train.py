@@ -86,18 +86,17 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def ensure_base_model(cfg: TrainConfig, video_dim: int, samples) -> None:
-    """Without --base-model: a tiny random LLaVA-OneVision whose projector reads the stored video tokens and whose
-    tokenizer knows the annotation words, saved under --out so that eval and resumed runs load the same one."""
-    if cfg.base_model:
-        return
+def build_tiny_base(base_dir: Path, samples, seed: int, video_dim: int | None = None) -> Path:
+    """A tiny random LLaVA-OneVision whose projector reads `video_dim`-wide tokens (default: its own vision tower's)
+    and whose tokenizer knows the words of `samples`, saved in base_dir (kept when it exists, so eval and resumed
+    runs load the same one)."""
     from model.tiny import DEFAULT_WORDS, build_tiny_llava_onevision
 
-    base_dir = Path(cfg.out) / "base_model"
     if not (base_dir / "config.json").exists():
         words = sorted(set(DEFAULT_WORDS) | {w for s in samples for _, text in s.turns for w in text.split()})
-        build_tiny_llava_onevision(base_dir, words=words, seed=cfg.seed, vision_hidden=video_dim)
-    cfg.base_model = str(base_dir.resolve())
+        dims = {} if video_dim is None else {"vision_hidden": video_dim}
+        build_tiny_llava_onevision(base_dir, words=words, seed=seed, **dims)
+    return base_dir.resolve()
 
 
 def write_curves(history: list[dict], out: Path) -> None:
@@ -128,7 +127,8 @@ def train(cfg: TrainConfig) -> Path:
     versions = open_versions(cfg.store, cfg.modalities, cfg.fingerprints)
     check_samples(samples, versions, cfg.annotations)  # fail before any worker starts
     dims = {m: v.schema.dim for m, v in versions.items()}
-    ensure_base_model(cfg, dims["video"], samples)
+    if not cfg.base_model:  # saved under --out so that eval and resumed runs load the same one
+        cfg.base_model = str(build_tiny_base(out / "base_model", samples, cfg.seed, dims["video"]))
 
     init_ray()
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
