@@ -126,10 +126,10 @@ def prepare_3d(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
     patches = [view_patches(c, d, intrinsics, p, settings.grid_3d) for c, d, p in zip(color, depth, poses)]
     xyz, rgb, coverage = (np.stack(parts).astype(np.float32) for parts in zip(*patches))
     order = np.argsort(times, kind="stable")
-    inputs = np.concatenate([xyz, rgb, coverage[..., None]], -1)
+    summaries = np.concatenate([xyz, rgb, coverage[..., None]], -1)
     t = times[order].astype(np.float64)
     extras = {"pose": poses[order].astype(np.float64), "xyz": xyz[order], "coverage": coverage[order]}
-    return Prepared(inputs[order], t, t, extras)
+    return Prepared(summaries[order], t, t, extras)
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,7 @@ class Modality:
     time_kind: str  # "frame": t_start == t_end == the frame's time; "span": the step covers [t_start, t_end]
     extras: Callable = lambda settings: {}  # Settings -> {name: (trailing shape, numpy dtype)}
     missing: Callable = lambda item: ""  # why the item has no input for this modality ("" when it has one)
+    source: Callable = lambda item: item["video"] or "video bytes"  # what prepare reads, for failure reasons
 
     def schema_and_fingerprint(self, settings: Settings, encoder):
         params = {**self.params(settings), **encoder.params()}
@@ -163,12 +164,14 @@ MODALITIES = {
     "hfr": Modality("hfr", _vision("2x2"), prepare_hfr, lambda s: {"fps": s.hfr_fps}, "frame"),
     "exo": Modality("exo", _vision("half"), prepare_exo, lambda s: {"frames_per_view": s.frames}, "frame",
                     extras=lambda s: {"view": ((), "int32")},
-                    missing=lambda item: "" if json.loads(item["exo"]) else "no exo views listed"),
+                    missing=lambda item: "" if json.loads(item["exo"]) else "no exo views listed",
+                    source=lambda item: "exo views"),
     "3d": Modality("3d", lambda path, s: point_encoder(path, s.grid_3d, s.seed), prepare_3d,
                    lambda s: {"grid": s.grid_3d}, "frame",
                    extras=lambda s: {"pose": ((4, 4), "float64"), "xyz": ((s.grid_3d**2, 3), "float32"),
                                      "coverage": ((s.grid_3d**2,), "float32")},
-                   missing=lambda item: "" if item["rgbd"] else "no rgbd input listed"),
+                   missing=lambda item: "" if item["rgbd"] else "no rgbd input listed",
+                   source=lambda item: item["rgbd"]),
 }
 
 
@@ -180,34 +183,25 @@ def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: I
                   owner: str, lease_s: float, done: frozenset) -> dict:
     """Ray Data task: status rows for a batch of items, with the encoder inputs of those this job now owns."""
     items = _rows(batch)
-    reasons = {}
-    for item in items:
-        reasons[item["id"]] = "already committed" if item["id"] in done else modality.missing(item)
-    wanted = [i["id"] for i in items if not reasons[i["id"]]]
+    skip = {item["id"]: "already committed" if item["id"] in done else modality.missing(item) for item in items}
+    wanted = [video_id for video_id, reason in skip.items() if not reason]
     granted = set(version.claim(wanted, owner, lease_s)) if wanted else set()
-    extras = version.schema.extras
-    out = {"id": [], "status": [], "reason": [], "inputs": [], "t_start": [], "t_end": []}
-    out.update({f"x_{name}": [] for name in extras})
+    empty_extras = {name: np.zeros((0, *shape), dtype) for name, (shape, dtype) in version.schema.extras.items()}
+    rows = []
     for item in items:
-        video_id, status, reason = item["id"], "skipped", reasons[item["id"]]
-        prepared = Prepared(inputs.empty(), np.zeros(0), np.zeros(0), {})
+        video_id, status, reason = item["id"], "skipped", skip[item["id"]]
+        prepared = Prepared(inputs.empty(), np.zeros(0), np.zeros(0), empty_extras)
         if not reason and video_id not in granted:
             reason = "claimed by another writer, or committed meanwhile"
         elif not reason:
             try:
                 prepared, status = modality.prepare(item, settings, inputs), "todo"
             except INPUT_ERRORS as e:
-                status, reason = "failed", f"{modality.name} of {video_id!r} ({_describe(item)}): {e}"
-        for key, value in (("id", video_id), ("status", status), ("reason", reason), ("inputs", prepared.inputs),
-                           ("t_start", prepared.t_start), ("t_end", prepared.t_end)):
-            out[key].append(value)
-        for name, (shape, dtype) in extras.items():
-            out[f"x_{name}"].append(prepared.extras.get(name, np.zeros((0, *shape), dtype)))
-    return out
-
-
-def _describe(item: dict) -> str:
-    return item["video"] or ("video bytes" if item["video_bytes"] is not None else "no video")
+                status, reason = "failed", f"{modality.name} of {video_id!r} ({modality.source(item)}): {e}"
+        rows.append({"id": video_id, "status": status, "reason": reason, "inputs": prepared.inputs,
+                     "t_start": prepared.t_start, "t_end": prepared.t_end,
+                     **{f"x_{name}": values for name, values in prepared.extras.items()}})
+    return {key: [row[key] for row in rows] for key in rows[0]}
 
 
 def write_part(batch: dict, version: Version, owner: str) -> dict:

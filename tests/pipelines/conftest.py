@@ -4,13 +4,16 @@ import pytest
 from pipelines.materialize import MODALITIES, Resources, materialize
 from pipelines.sources import read_items
 
-# Small parts, so that the corpus spans several parts per version, as a real job's output does.
-RESOURCES = Resources(part_items=3, batch_size=4)
+
+@pytest.fixture(scope="session")
+def resources():
+    """Small parts, so that the corpus spans several parts per version, as a real job's output does."""
+    return Resources(part_items=3, batch_size=4)
 
 
 @pytest.fixture(scope="session")
-def materialized(corpus, ray_local, tmp_path_factory):
+def materialized(corpus, ray_local, resources, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     summary = materialize(read_items(str(corpus / "manifest.jsonl")), str(store), list(MODALITIES),
-                          resources=RESOURCES)
+                          resources=resources)
     return store, summary

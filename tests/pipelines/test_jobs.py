@@ -4,11 +4,10 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import RESOURCES
 
 from featurestore import FeatureStore
 from jobs.cli import main
-from pipelines.materialize import materialize
+from pipelines.materialize import Resources, materialize
 from pipelines.sources import read_items
 
 IDS = [f"v{i:04d}" for i in range(8)]
@@ -20,11 +19,13 @@ def item_commits(version) -> list[str]:
 
 
 @pytest.mark.parametrize("source", ["videos", "shards"])
-def test_directory_and_webdataset_inputs_give_the_manifest_tokens(corpus, materialized, tmp_path, source):
-    summary = materialize(read_items(str(corpus / source)), str(tmp_path), ["video", "audio"], resources=RESOURCES)
+def test_directory_and_webdataset_inputs_give_the_manifest_tokens(corpus, materialized, resources, tmp_path,
+                                                                 source):
+    summary = materialize(read_items(str(corpus / source)), str(tmp_path), ["video", "audio"], resources=resources)
     assert summary.counts == {m: {"ok": 8, "failed": 0, "skipped": 0} for m in ("video", "audio")}
     for modality in ("video", "audio"):
-        ours, manifest = FeatureStore(str(tmp_path)).version(modality), FeatureStore(str(materialized[0])).version(modality)
+        ours = FeatureStore(str(tmp_path)).version(modality)
+        manifest = FeatureStore(str(materialized[0])).version(modality)
         assert ours.fingerprint == manifest.fingerprint  # same encoder and settings, whatever the input format
         for video_id in IDS:
             a, b = ours.get(video_id), manifest.get(video_id)
@@ -47,9 +48,10 @@ def broken_dir(corpus, tmp_path):
     return videos
 
 
-def test_bad_inputs_become_failure_rows_and_a_rerun_skips_what_is_done(broken_dir, tmp_path, ray_local):
+def test_bad_inputs_become_failure_rows_and_a_rerun_skips_what_is_done(broken_dir, tmp_path, ray_local,
+                                                                      resources):
     store_url = str(tmp_path / "store")
-    first = materialize(read_items(str(broken_dir)), store_url, ["video", "audio"], resources=RESOURCES)
+    first = materialize(read_items(str(broken_dir)), store_url, ["video", "audio"], resources=resources)
     assert first.counts == {"video": {"ok": 4, "failed": 2, "skipped": 0},
                             "audio": {"ok": 3, "failed": 3, "skipped": 0}}
     assert (first.exit_code(), first.exit_code(strict=True)) == (0, 1)
@@ -65,7 +67,7 @@ def test_bad_inputs_become_failure_rows_and_a_rerun_skips_what_is_done(broken_di
     assert first.failures["audio"] == audio.failures()
     written = {m: sorted(item_commits(store.version(m))) for m in ("video", "audio")}
 
-    again = materialize(read_items(str(broken_dir)), store_url, ["video", "audio"], resources=RESOURCES)
+    again = materialize(read_items(str(broken_dir)), store_url, ["video", "audio"], resources=resources)
     # Done items are skipped without a write; failed ones are retried (and fail again, for the same reason).
     assert again.counts == {"video": {"ok": 0, "failed": 2, "skipped": 4},
                             "audio": {"ok": 0, "failed": 3, "skipped": 3}}
@@ -73,10 +75,10 @@ def test_bad_inputs_become_failure_rows_and_a_rerun_skips_what_is_done(broken_di
     assert again.failures["video"] == reasons
 
 
-def test_only_failures_exit_non_zero(broken_dir, tmp_path, ray_local):
+def test_only_failures_exit_non_zero(broken_dir, tmp_path, ray_local, resources):
     for good in ("v0000", "v0002", "v0003", "silent"):
         (broken_dir / f"{good}.mp4").unlink()
-    summary = materialize(read_items(str(broken_dir)), str(tmp_path / "store"), ["video"], resources=RESOURCES)
+    summary = materialize(read_items(str(broken_dir)), str(tmp_path / "store"), ["video"], resources=resources)
     assert summary.counts["video"] == {"ok": 0, "failed": 2, "skipped": 0}
     assert summary.exit_code() == 1
 
@@ -85,7 +87,7 @@ def test_only_failures_exit_non_zero(broken_dir, tmp_path, ray_local):
 def test_two_concurrent_jobs_write_each_item_once(corpus, tmp_path, ray_local):
     """Two jobs on the same store at once (one driver, two threads, two owners): claims split the items."""
     store_url = str(tmp_path / "store")
-    resources = RESOURCES.__class__(prepare_batch=1, batch_size=1, part_items=1)
+    resources = Resources(prepare_batch=1, batch_size=1, part_items=1)  # one item per part: the jobs interleave
     summaries = [None, None]
     # Datasets built here: building them in the threads would import pyarrow's filesystems from two threads at once.
     items = [read_items(str(corpus / "manifest.jsonl")) for _ in range(2)]
