@@ -39,7 +39,9 @@ from .encoders import Encode, InputSpec, audio_encoder, point_encoder, vision_en
 from .geometry import view_patches
 from .media import ItemError, rate_frames, read_audio, read_frames, uniform_frames
 
-TRANSFORM_VERSION = "1"  # bump when a change here changes the tokens of an unchanged encoder and settings
+# Bump when a change in pipelines/ changes the tokens of an unchanged encoder and settings (2: frames are turned
+# upright by the display matrix).
+TRANSFORM_VERSION = "2"
 # What a bad input raises while being read: it fails that item only. Anything else is a bug and stops the job.
 INPUT_ERRORS = (ItemError, av.error.FFmpegError, OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 

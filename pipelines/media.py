@@ -5,7 +5,11 @@ Sampled frames are found without decoding: one demux pass (no decode) lists ever
 The frames to keep are chosen on that list, then decoded GOP by GOP: a GOP that holds no wanted frame is skipped
 with a seek to the next wanted frame's keyframe, a GOP that holds one is decoded from its keyframe up to the
 last wanted frame in it. Sparse sampling (32 frames of a long video) decodes a few GOPs; dense sampling (2 fps)
-degenerates into one forward decode with no seeks, which is the cheapest way to get frames from most GOPs."""
+degenerates into one forward decode with no seeks, which is the cheapest way to get frames from most GOPs.
+
+Frames come out as players show them, turned by the stream's display matrix. Media that would read as something
+else is refused with the reason (ItemError): a cut MP4 (its header lists more samples than the file holds), a
+single frame (an image, whatever its extension), a mirroring display matrix."""
 import bisect
 import io
 import os
@@ -14,6 +18,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type
 
 
 class ItemError(Exception):
@@ -40,18 +45,34 @@ class FrameIndex:
         return self.pts.astype(np.float64) * self.time_base.numerator / self.time_base.denominator
 
 
+def is_data(packet) -> bool:
+    """False for the empty packet PyAV yields at the end of a stream to flush its decoder."""
+    return packet.dts is not None or packet.size > 0
+
+
+def check_complete(container, stream, packets: int) -> None:
+    """Refuse a file cut short. Demuxing just stops where the data ends, so a cut file would read as a shorter one;
+    MP4/MOV headers list every sample, so there the cut shows. (Matroska/WebM and AVI headers hold no sample count.)"""
+    if "mp4" in container.format.name.split(",") and packets < stream.frames:
+        span = f" over {float(stream.duration * stream.time_base):.1f} s" if stream.duration else ""
+        raise ItemError(f"truncated: the header lists {stream.frames} {stream.type} packets{span}, "
+                        f"the file holds {packets}")
+
+
 def index_frames(container, stream) -> FrameIndex:
     """Every frame's pts from the packets alone (no decoding). Packets the demuxer marks as discarded (before an
     edit list's start) produce no frame, so they are left out."""
-    pts, keys = [], []
+    pts, keys, packets = [], [], 0
     for packet in container.demux(stream):
+        packets += is_data(packet)
         if packet.pts is None or packet.size == 0 or packet.is_discard:
             continue
         pts.append(packet.pts)
         if packet.is_keyframe:
             keys.append(packet.pts)
-    if not pts:
-        raise ItemError("no video frames")
+    check_complete(container, stream, packets)
+    if len(pts) < 2:  # one frame spans no time: an image, whatever the file's extension says
+        raise ItemError("no video frames" if not pts else "a single video frame: a still image, not a video")
     return FrameIndex(np.sort(np.array(pts, np.int64)), np.sort(np.array(keys, np.int64)), stream.time_base)
 
 
@@ -101,8 +122,25 @@ def decode_frames(container, stream, index: FrameIndex, wanted: np.ndarray, size
             raise ItemError(f"truncated: the stream ends before the frame at t={float(target * index.time_base)}s")
         if frame.pts != target:
             raise ItemError(f"the frame at t={float(target * index.time_base)}s did not decode")
-        got[target] = frame.to_ndarray(format="rgb24", **resize)
+        got[target] = upright(frame, frame.to_ndarray(format="rgb24", **resize))
     return np.stack([got[int(p)] for p in index.pts[wanted]])
+
+
+def upright(frame, image: np.ndarray) -> np.ndarray:
+    """The decoded `image` of `frame` as players show it: turned by the display matrix (phones store portrait video
+    sideways and say so there). A mirroring matrix, or a turn other than a quarter turn, is refused rather than
+    stored the wrong way round."""
+    matrix = frame.side_data.get(Type.DISPLAYMATRIX)
+    if matrix is None:
+        return image
+    a, b, _, c, d = np.frombuffer(bytes(matrix), np.int32)[:5].tolist()
+    if a * d - b * c < 0:
+        raise ItemError("the display matrix mirrors the picture; only turns by quarter turns are supported")
+    turns, rest = divmod(frame.rotation, 90)
+    if rest:
+        raise ItemError(f"the display matrix turns the picture by {frame.rotation} degrees; only quarter turns are "
+                        "supported")
+    return np.ascontiguousarray(np.rot90(image, turns))  # rot90 turns counter-clockwise, as frame.rotation counts
 
 
 def read_frames(source, pick, size: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -124,11 +162,14 @@ def read_audio(source) -> tuple[np.ndarray, int, float]:
             raise ItemError("no audio track")
         stream = container.streams.audio[0]
         to_float = av.AudioResampler(format="fltp")  # sample format only: keeps the rate and the channels
+        packets = list(container.demux(stream))
+        check_complete(container, stream, sum(map(is_data, packets)))  # before decoding: a cut packet fails there
         chunks, start = [], None
-        for frame in container.decode(stream):
-            if start is None:
-                start = frame.time
-            chunks += [f.to_ndarray() for f in to_float.resample(frame)]
+        for packet in packets:
+            for frame in packet.decode():
+                if start is None:
+                    start = frame.time
+                chunks += [f.to_ndarray() for f in to_float.resample(frame)]
         if not chunks:
             raise ItemError("the audio track has no samples")
         return np.concatenate(chunks, axis=1), stream.sample_rate, float(start)

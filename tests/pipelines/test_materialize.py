@@ -29,7 +29,7 @@ def test_every_item_of_every_modality_is_stored(materialized, store):
     for info in store.versions():
         assert info.n_ok == 8 and info.n_failed == 0
         assert "untrained" in info.spec["encoder"] and len(info.spec["weights_digest"]) == 64
-        assert info.spec["dtype"] == "float16" and info.spec["transform_version"] == f"{info.modality}/1"
+        assert info.spec["dtype"] == "float16" and info.spec["transform_version"] == f"{info.modality}/2"
     video = store.version("video")
     assert (video.schema.tokens_per_step, video.schema.dim) == (16, 32)  # 8x8 patches of the tiny tower -> 4x4
     assert video.fingerprint.spec["preprocessing"]["frames"] == 32
