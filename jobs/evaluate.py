@@ -92,12 +92,15 @@ def write_report(report: dict, out: Path, name: str) -> None:
 
 
 def run(args) -> int:
+    from jobs.ray_runtime import output_path
+
     started = time.perf_counter()
+    out = Path(output_path(args.out, "--out"))
     report = evaluate(args.store, args.annotations, args.checkpoint, args.base_model, args.batch_size,
                       args.max_new_tokens, dict(item.split("=", 1) for item in args.fingerprint))
     name = args.name or args.checkpoint or "base model"
-    write_report(report, Path(args.out), name)
+    write_report(report, out, name)
     m = report["metrics"]
     print(f"{name}: exact match {m['exact_match']:.3f}, CIDEr {m['cider']:.3f} over {m['n']} samples "
-          f"({time.perf_counter() - started:.0f} s) -> {Path(args.out) / 'report.md'}")
+          f"({time.perf_counter() - started:.0f} s) -> {out / 'report.md'}")
     return 0

@@ -14,8 +14,10 @@ def run(args) -> int:
     import json
     import time
 
+    from jobs.ray_runtime import output_path
     from pipelines.corpus import load_manifest, make_corpus
 
+    args.out = Path(output_path(str(args.out), "OUT"))
     started = time.perf_counter()
     try:
         manifest = make_corpus(args.out, args.videos, seed=args.seed, webdataset=args.webdataset)

@@ -49,10 +49,11 @@ def run(args) -> int:
     import dataclasses
     import json
 
-    from jobs.ray_runtime import init_ray
+    from jobs.ray_runtime import init_ray, output_path
     from pipelines.materialize import MODALITIES, Resources, Settings, materialize
     from pipelines.sources import read_items
 
+    store = output_path(args.store, "--store", urls=True)
     encoder_paths = _encoder_paths(args.encoder_path)
     unknown = (set(args.modalities) | set(encoder_paths)) - set(MODALITIES)
     if unknown:
@@ -65,7 +66,7 @@ def run(args) -> int:
                           num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s)
     ray = init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = True
-    summary = materialize(read_items(args.input, args.root), args.store, args.modalities,
+    summary = materialize(read_items(args.input, args.root), store, args.modalities,
                           encoder_paths, settings, resources, owner=args.owner)
     print(summary.table())
     if args.summary_json:

@@ -1,11 +1,51 @@
-"""How every job reaches Ray: the cluster in RAY_ADDRESS (set by `ray job submit` and by users), else a local one."""
+"""How every job reaches Ray, and where it may write, standalone or under `ray job submit`.
+
+Ray: the cluster in RAY_ADDRESS when it is set (`ray job submit` sets it to the cluster's GCS address for the job's
+driver; users set it to `<head-ip>:6379`, or `auto` for a cluster started on this machine), else a new local Ray.
+Never "whatever cluster this machine ran last": Ray's own default (address=None) attaches to the cluster recorded
+in /tmp/ray/ray_current_cluster, which on a shared machine may be someone else's.
+"""
 import os
+from pathlib import Path
+
+# Set by the Ray Jobs supervisor in the environment of a submitted job's entrypoint.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def submitted_job() -> bool:
+    """True inside the entrypoint of a `ray job submit` job (its cwd is then a temporary copy of the working_dir)."""
+    return JOB_CONFIG_ENV in os.environ
 
 
 def init_ray(num_cpus: int | None = None):
+    """Connect to RAY_ADDRESS or start a local Ray (with `num_cpus` logical CPUs when given); idempotent."""
     import ray
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, num_cpus=None if address else num_cpus, log_to_driver=True)
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address and address.startswith(("http://", "https://")):
+            raise SystemExit(
+                f"RAY_ADDRESS={address} is a dashboard / Jobs API address: it is what `ray job submit` talks to, not "
+                "something a driver can join. Submit the command instead (`ray job submit --working-dir . "
+                "--runtime-env runtime_env.yaml -- pave ...`), or set RAY_ADDRESS to the cluster's GCS address "
+                "(<head-ip>:6379) on a cluster node, or unset it to run on a local Ray.")
+        ray.init(address=address or "local", num_cpus=None if address else num_cpus, log_to_driver=True)
     return ray
+
+
+def output_path(path: str, flag: str, urls: bool = False) -> str:
+    """Where a job writes: an absolute local path, or (urls=True: the feature store, written through fsspec) a URL.
+    Other outputs are written with plain file I/O and Ray Train workers read the base model from them, so they need
+    a filesystem every node mounts (NFS/EFS at the same path everywhere), not a URL. Under `ray job submit` a
+    relative path is refused: it would land in the job's temporary copy of the working directory on whichever node
+    ran the driver, where nobody looks and which Ray deletes."""
+    if "://" in path:
+        if urls:
+            return path
+        raise SystemExit(f"{flag} {path}: must be a directory path (on a filesystem every node mounts, e.g. NFS/EFS "
+                         "at the same path everywhere), not a URL")
+    if submitted_job() and not os.path.isabs(path):
+        alternative = ", or a URL" if urls else ""
+        raise SystemExit(f"{flag} {path}: relative paths are not allowed in a submitted job (its working directory "
+                         f"is a temporary copy); pass an absolute path on storage every node mounts{alternative}")
+    return str(Path(path).resolve())

@@ -172,7 +172,10 @@ def export(checkpoint, cfg: TrainConfig, dims: dict[str, int], out: Path) -> Pat
 
 
 def run(args) -> int:
+    from jobs.ray_runtime import output_path
+
     cfg = config_from_args(args)
+    cfg.out = output_path(cfg.out, "--out")
     started = time.perf_counter()
     final = train(cfg)
     print(f"trained {cfg.steps} steps in {time.perf_counter() - started:.0f} s -> {final}")
