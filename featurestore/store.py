@@ -121,6 +121,9 @@ class FeatureStore(_Cached):
         ]
         if len(candidates) != 1:
             known = [v.fingerprint.id for v in self._all_versions(modality)]
+            if not known:
+                have = sorted({v.schema.modality for v in self._all_versions(None)})
+                raise FeatureError(f"{self.url} has no {modality!r} features (it has: {', '.join(have) or 'nothing'})")
             wanted = f"fingerprint {fingerprint_id!r}" if fingerprint_id else "a single version"
             raise FeatureError(f"{self.url}: {wanted} of {modality!r} not found unambiguously; versions: {known}")
         return candidates[0]
