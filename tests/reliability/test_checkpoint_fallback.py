@@ -1,0 +1,41 @@
+"""A corrupt latest checkpoint: the resumed run says so, falls back to the previous checkpoint and trains on from
+there, instead of crashing or silently starting over. (A worker killed mid-run resumes from the latest checkpoint:
+tests/training/test_train.py::test_killed_worker_resumes_from_checkpoint.)"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from jobruns import REPO
+
+from jobs.train import TRAINABLE, TRAINER_STATE, TrainConfig, train
+
+SMALL = {"workers": 1, "batch_size": 2, "patch_d_model": 32, "lora_r": 8, "report_every": 1, "checkpoint_every": 2,
+         "name": "fallback"}
+
+
+@pytest.mark.timeout(300)
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corpus, reference, ray_address, tmp_path):
+    store, annotations, out = str(reference[0]), str(corpus / "annotations" / "train.json"), tmp_path / "run"
+    train(TrainConfig(store=store, annotations=annotations, out=str(out), steps=4, **SMALL))
+    checkpoints = {torch.load(path / TRAINER_STATE, weights_only=False)["step"]: path
+                   for path in (out / "ray" / SMALL["name"]).glob("checkpoint_*") if path.is_dir()}
+    assert sorted(checkpoints) == [2, 4]
+    weights = checkpoints[4] / TRAINABLE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # as a crash mid-upload leaves it
+
+    # Rerun under the same name, for 2 more steps, as `pave train` (its output is what a user sees).
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in SMALL.items()]
+    rerun = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "train", "--store", store, "--annotations", annotations, "--out", str(out),
+         "--steps", "6", *flags],
+        cwd=REPO, env={**os.environ, "RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=240)
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    assert f"checkpoint {checkpoints[4]} is unusable (SafetensorError" in output
+    assert f"resumed from {checkpoints[2]} at step 2" in output
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # Steps 1-2 come from the step-2 checkpoint; 3 and 4 were trained again after the resume, then 5 and 6.
+    assert [(m["step"], m["resumes"]) for m in history] == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 1)]
