@@ -2,8 +2,11 @@
 collated batches from this worker's dataset shard, step, report metrics and checkpoints.
 
 Checkpoints hold only what training changes: the trainable weights (safetensors, full state dict, so a DDP and an
-FSDP run read each other's), and optimizer + scheduler + step + loss history (torch.save).
+FSDP run read each other's), and optimizer + scheduler + step + loss history (torch.save), with the sha256 of both
+files: damaged bytes may still load (neither format checks its contents) and would resume from wrong weights.
 """
+import hashlib
+import json
 import logging
 import math
 import tempfile
@@ -30,6 +33,7 @@ from model.llava import PaveLlava, lora_config
 from model.patch import PatchConfig, PavePatch
 
 log = logging.getLogger(__name__)
+CHECKSUMS = "checksums.json"
 # Checkpoints hold the trainable weights only. With cpu_offload the full state dict is gathered on rank 0 only
 # (it writes the files); every rank loads, non-strictly since frozen weights are absent (load_trainable checks keys).
 TO_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
@@ -87,9 +91,22 @@ def candidate_checkpoints(latest: ray.train.Checkpoint) -> list[ray.train.Checkp
     return [latest] + [ray.train.Checkpoint(path, filesystem=latest.filesystem) for path in older]
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_files(directory: Path) -> None:
+    """Raise unless the checkpoint's files are byte for byte those written (CHECKSUMS, recorded when saving)."""
+    recorded = json.loads((directory / CHECKSUMS).read_text())
+    damaged = [name for name in (TRAINABLE, TRAINER_STATE) if sha256(directory / name) != recorded.get(name)]
+    if damaged:
+        raise ValueError(f"{', '.join(damaged)}: not the bytes written (sha256 differs from {CHECKSUMS})")
+
+
 def restore(module, optimizer, scheduler) -> tuple[int, list[dict], int]:
-    """(step, history, resumes so far) from the newest checkpoint that loads; (0, [], 0) on a fresh start.
-    A corrupt checkpoint is skipped with a warning, never half-loaded: weights and optimizer come from one checkpoint."""
+    """(step, history, resumes so far) from the newest checkpoint that is intact and loads; (0, [], 0) on a fresh
+    start. A corrupt checkpoint is skipped with a warning, never half-loaded: weights and optimizer come from one
+    checkpoint."""
     latest = ray.train.get_checkpoint()
     if latest is None:
         return 0, [], 0
@@ -97,6 +114,7 @@ def restore(module, optimizer, scheduler) -> tuple[int, list[dict], int]:
         try:
             with checkpoint.as_directory() as directory:
                 directory = Path(directory)
+                check_files(directory)
                 state = torch.load(directory / TRAINER_STATE, weights_only=False)
                 load_trainable(module, directory)
                 set_optimizer_state_dict(module, optimizer, state["optimizer"], options=TO_LOAD)
@@ -196,4 +214,6 @@ def report(module, optimizer, scheduler, step, resumes, history, metrics, checkp
             save_file(model_state, Path(tmp) / TRAINABLE)
             torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
                         "resumes": resumes, "history": history}, Path(tmp) / TRAINER_STATE)
+            digests = {name: sha256(Path(tmp) / name) for name in (TRAINABLE, TRAINER_STATE)}
+            (Path(tmp) / CHECKSUMS).write_text(json.dumps(digests))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)

@@ -1,5 +1,5 @@
 """A corrupt latest checkpoint: the resumed run says so, falls back to the previous checkpoint and trains on from
-there, instead of crashing or silently starting over. (A worker killed mid-run resumes from the latest checkpoint:
+there, instead of crashing, silently starting over, or loading damaged weights. (A worker killed mid-run resumes from the latest checkpoint:
 tests/training/test_train.py::test_killed_worker_resumes_from_checkpoint.)"""
 import json
 import os
@@ -23,8 +23,11 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corpus, refe
     checkpoints = {torch.load(path / TRAINER_STATE, weights_only=False)["step"]: path
                    for path in (out / "ray" / SMALL["name"]).glob("checkpoint_*") if path.is_dir()}
     assert sorted(checkpoints) == [2, 4]
+    # Flip a byte of a weight: the file still loads (safetensors checks no contents), only its checksum tells.
     weights = checkpoints[4] / TRAINABLE
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # as a crash mid-upload leaves it
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
 
     # Rerun under the same name, for 2 more steps, as `pave train` (its output is what a user sees).
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in SMALL.items()]
@@ -34,7 +37,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corpus, refe
         cwd=REPO, env={**os.environ, "RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=240)
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output[-3000:]
-    assert f"checkpoint {checkpoints[4]} is unusable (SafetensorError" in output
+    assert f"checkpoint {checkpoints[4]} is unusable (ValueError: {TRAINABLE}: not the bytes written" in output
     assert f"resumed from {checkpoints[2]} at step 2" in output
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # Steps 1-2 come from the step-2 checkpoint; 3 and 4 were trained again after the resume, then 5 and 6.
