@@ -48,27 +48,33 @@ def patch_config(cfg: TrainConfig, side_dim: int, query_dim: int, llm_dim: int) 
 
 
 def build_model(cfg: TrainConfig, dims: dict[str, int], dtype: torch.dtype) -> PaveLlava:
-    """Frozen base + one fresh patch per side channel (zero-init: a no-op at step 0) + fresh LoRA."""
+    """Frozen base in `dtype` + one fresh patch per side channel (zero-init: a no-op at step 0) + fresh LoRA.
+    Trainable weights stay float32 whatever `dtype` is: they are the optimizer's master copy, since bf16 weights
+    would drop AdamW updates at lr 2e-5 (far below half a bf16 ulp of a typical weight); on GPU, TrainingLoss
+    computes in bf16."""
     torch.manual_seed(cfg.seed)
     model = PaveLlava.from_pretrained(cfg.base_model, dtype=dtype)
     llm_dim = model.hf.config.text_config.hidden_size
     for side in cfg.sides:
-        model.add_patch(side, PavePatch(patch_config(cfg, dims[side], dims["video"], llm_dim)).to(dtype))
+        model.add_patch(side, PavePatch(patch_config(cfg, dims[side], dims["video"], llm_dim)))
     if cfg.lora:
         model.add_lora(lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     return model
 
 
 class TrainingLoss(torch.nn.Module):
-    """`PaveLlava.loss` as a module's forward, so that DDP/FSDP hooks see every training step."""
+    """`PaveLlava.loss` as a module's forward, so that DDP/FSDP hooks see every training step. With bf16=True it
+    runs under bf16 autocast: float32 trainable weights (LoRA, patches) compute in bf16 like the frozen base."""
 
-    def __init__(self, model: PaveLlava):
+    def __init__(self, model: PaveLlava, bf16: bool = False):
         super().__init__()
         self.model = model
+        self.bf16 = bf16
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model.loss(batch["input_ids"], batch["attention_mask"], batch["video"], batch["side"],
-                               batch["labels"])
+        with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.loss(batch["input_ids"], batch["attention_mask"], batch["video"], batch["side"],
+                                   batch["labels"])
 
 
 def load_trainable(module: torch.nn.Module, directory: Path) -> None:
@@ -144,7 +150,7 @@ def train_loop_per_worker(config: dict) -> None:
     if cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else on_gpu:
         model.hf.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
     module = ray.train.torch.prepare_model(
-        TrainingLoss(model), parallel_strategy=cfg.strategy,
+        TrainingLoss(model, bf16=on_gpu), parallel_strategy=cfg.strategy,
         parallel_strategy_kwargs={"use_orig_params": True} if cfg.strategy == "fsdp" else None,
     )
     params = [p for p in module.parameters() if p.requires_grad]
