@@ -77,6 +77,19 @@ class TrainingLoss(torch.nn.Module):
                                    batch["labels"])
 
 
+def fsdp(module: TrainingLoss) -> TrainingLoss:
+    """FSDP (per-parameter sharding, torch.distributed.fsdp.fully_shard): one unit per LLM decoder layer, the rest
+    (embeddings, vision tower, projector, patches, lm_head) in the root unit. Unlike Ray's prepare_model (FSDP1) it
+    wraps a single worker too, so the 1-GPU run is the scaling baseline, and it does not flatten a unit's frozen
+    bf16 and trainable float32 weights into one tensor (FSDP1 requires one dtype per unit)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in module.model.hf.model.language_model.layers:
+        fully_shard(layer)
+    fully_shard(module)
+    return module
+
+
 def load_trainable(module: torch.nn.Module, directory: Path) -> None:
     state = load_file(directory / TRAINABLE)
     expected = get_model_state_dict(module, options=TRAINABLE_KEYS).keys()
@@ -149,10 +162,12 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg, config["dims"], dtype)
     if cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else on_gpu:
         model.hf.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
-    module = ray.train.torch.prepare_model(
-        TrainingLoss(model, bf16=on_gpu), parallel_strategy=cfg.strategy,
-        parallel_strategy_kwargs={"use_orig_params": True} if cfg.strategy == "fsdp" else None,
-    )
+    if cfg.strategy == "fsdp":
+        if on_gpu:
+            torch.cuda.set_device(device)  # fully_shard places shards on the current device
+        module = fsdp(TrainingLoss(model, bf16=on_gpu))
+    else:
+        module = ray.train.torch.prepare_model(TrainingLoss(model, bf16=on_gpu))
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * cfg.steps), cfg.steps)
