@@ -47,13 +47,13 @@ def patch_config(cfg: TrainConfig, side_dim: int, query_dim: int, llm_dim: int) 
                        num_layers=cfg.patch_layers, ffn_dim=2 * d, out_hidden=2 * d)
 
 
-def build_model(cfg: TrainConfig, dims: dict[str, int], dtype: torch.dtype) -> PaveLlava:
+def build_model(cfg: TrainConfig, dims: dict[str, int], dtype: torch.dtype, base=None) -> PaveLlava:
     """Frozen base in `dtype` + one fresh patch per side channel (zero-init: a no-op at step 0) + fresh LoRA.
     Trainable weights stay float32 whatever `dtype` is: they are the optimizer's master copy, since bf16 weights
     would drop AdamW updates at lr 2e-5 (far below half a bf16 ulp of a typical weight); on GPU, TrainingLoss
-    computes in bf16."""
+    computes in bf16. `base`: an HF model already built (default: loaded from cfg.base_model in `dtype`)."""
     torch.manual_seed(cfg.seed)
-    model = PaveLlava.from_pretrained(cfg.base_model, dtype=dtype)
+    model = PaveLlava(base) if base is not None else PaveLlava.from_pretrained(cfg.base_model, dtype=dtype)
     llm_dim = model.hf.config.text_config.hidden_size
     for side in cfg.sides:
         model.add_patch(side, PavePatch(patch_config(cfg, dims[side], dims["video"], llm_dim)))
@@ -212,6 +212,8 @@ def train_loop_per_worker(config: dict) -> None:
                         "step_time_s": elapsed / window["steps"], "data_wait_frac": window["wait_s"] / elapsed,
                         "resumes": resumes,
                     }
+                    if on_gpu:
+                        metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                     history.append(metrics)
                     report(module, optimizer, scheduler, step, resumes, history, metrics,
                            checkpoint=step % cfg.checkpoint_every == 0 or step == cfg.steps, rank=rank)

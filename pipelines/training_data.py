@@ -51,11 +51,15 @@ class FetchFeatures:
         return row
 
 
+def sample_row(sample: Sample) -> dict:
+    """The dataset row of a sample, before FetchFeatures adds its features."""
+    return {"sample_id": sample.id, "video_id": sample.video_id, "turns": json.dumps(sample.turns)}
+
+
 def feature_dataset(samples: list[Sample], versions: dict[str, Version], num_cpus: float = 0.25):
     """A Ray Dataset of samples joined with their features (lazy: nothing is read until it is iterated)."""
     import ray
 
     if VIDEO not in versions:
         raise ValueError(f"the main '{VIDEO}' tokens are required (they are the patch queries); got {sorted(versions)}")
-    rows = [{"sample_id": s.id, "video_id": s.video_id, "turns": json.dumps(s.turns)} for s in samples]
-    return ray.data.from_items(rows).map(FetchFeatures(versions), num_cpus=num_cpus)
+    return ray.data.from_items([sample_row(s) for s in samples]).map(FetchFeatures(versions), num_cpus=num_cpus)

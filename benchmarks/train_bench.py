@@ -1,0 +1,274 @@
+"""Training throughput on one GPU: step time, tokens/s and MFU of patch + LoRA on LLaVA-OneVision-Qwen2 0.5B / 7B
+shapes with random weights, and how much of a real `pave train` step waits for data streamed from the feature store.
+
+  python benchmarks/train_bench.py prepare DIR --preset 7b    # DIR/store, DIR/annotations.json, DIR/base (random)
+  python benchmarks/train_bench.py step DIR --batch 1 4       # model-only steps: same model, recipe and batches as
+                                                              # the Ray worker, no Ray, no data wait
+  python -m jobs.cli train --store DIR/store --annotations DIR/annotations.json --base-model DIR/base --out RUN \\
+      --gpus-per-worker 1 --batch-size 1 --steps 30 --report-every 10 --checkpoint-every 1000
+  python benchmarks/train_bench.py report RUN                 # its steady-state metrics (--skip warm-up windows)
+
+`prepare --tiny` writes a tiny model and small tokens instead: the same sequence then runs on a CPU in about a minute.
+The store holds random bf16 tokens of the real dims: video 32 frames x 196 x 1152 (pre-projector SigLIP, pooled),
+audio 1 x 1024 per 1 s hop with 2 s windows, clips of 60-600 s; one question per video with a one-word answer.
+The recipe is TrainConfig's (DESIGN.md): LoRA r=64 alpha=16 on every LLM *_proj, one audio patch, AdamW, bf16
+compute with float32 trainable weights, gradient checkpointing.
+
+MFU = model FLOPs per second / 989e12 (dense bf16 peak of an H100 SXM and of an H200). Model FLOPs per token =
+4 N (forward 2 N, backward 2 N for the activation gradients; the frozen weights get no weight gradients), N = the
+weights applied at every position (LLM decoder layers with their LoRA, projector, patches). Not counted: the weight
+gradients of the trainable weights (LoRA, patches) and the recompute of gradient checkpointing. `mfu_attn` adds causal attention,
+6 L d s per token (forward 2 L d s, backward twice that; s = sequence length).
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from featurestore import FeatureStore, TokenSchema, fingerprint  # noqa: E402
+from jobs.train import TRAIN_CONFIG, TrainConfig, build_tiny_base  # noqa: E402
+
+PEAK_FLOPS = 989e12
+QUESTION = "<video>\nWhat is the pitch of the tone in this video: low or high?"
+SHAPES = {  # frames, tokens per frame, video dim, audio dim, clip seconds (min, max), videos
+    "full": (32, 196, 1152, 1024, (60, 600), 64),
+    "tiny": (4, 4, 32, 16, (4, 8), 16),
+}
+
+
+def write_store(directory: Path, shapes: tuple, seed: int) -> None:
+    """A store of random bf16 video + audio tokens, and one question per video (answer: 'low' or 'high')."""
+    frames, tokens_per_frame, video_dim, audio_dim, (min_s, max_s), videos = shapes
+    g = torch.Generator().manual_seed(seed)
+    store = FeatureStore(str(directory / "store"))
+    video = store.create_version(TokenSchema("video", tokens_per_frame, video_dim, "bfloat16",
+                                             attrs={"time_kind": "point"}),
+                                 fingerprint("bench-video", "random", {}, "bfloat16", "1"))
+    audio = store.create_version(TokenSchema("audio", 1, audio_dim, "bfloat16",
+                                             attrs={"time_kind": "span", "window_s": 2.0, "hop_s": 1.0}),
+                                 fingerprint("bench-audio", "random", {}, "bfloat16", "1"))
+    annotations = []
+    with video.writer() as vw, audio.writer() as aw:
+        for i in range(videos):
+            video_id = f"v{i:04d}"
+            duration = int(torch.randint(min_s, max_s + 1, (), generator=g))
+            frame_t = (np.arange(frames) + 0.5) * duration / frames
+            tokens = 0.5 * torch.randn(frames, tokens_per_frame, video_dim, generator=g)
+            vw.add(video_id, tokens.bfloat16(), frame_t, frame_t)
+            starts = np.arange(duration - 1, dtype=np.float64)
+            tokens = 0.5 * torch.randn(len(starts), 1, audio_dim, generator=g)
+            aw.add(video_id, tokens.bfloat16(), starts, starts + 2.0)
+            annotations.append({"id": f"{video_id}-q0", "video": video_id, "conversations": [
+                {"from": "human", "value": QUESTION}, {"from": "gpt", "value": ("low", "high")[i % 2]}]})
+    (directory / "annotations.json").write_text(json.dumps(annotations))
+
+
+def build_reference_base(preset: str, directory: Path, seed: int) -> None:
+    """LLaVA-OneVision-Qwen2 `preset` shapes with random bf16 weights, saved like a downloaded checkpoint, with the
+    tiny tokenizer (token ids only set sequence lengths here; Qwen2's tokenizer is not downloaded)."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from model.llava import reference_config
+    from model.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    config = reference_config(preset)
+    config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init is slow on CPU
+        model = LlavaOnevisionForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def prepare(args) -> None:
+    from pipelines.annotations import load_annotations
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if not (args.dir / "annotations.json").exists():
+        write_store(args.dir, SHAPES["tiny" if args.tiny else "full"], args.seed)
+    print(f"store + annotations: {time.perf_counter() - started:.0f} s")
+    started = time.perf_counter()
+    if not (args.dir / "base" / "config.json").exists():
+        if args.tiny:
+            video_dim = SHAPES["tiny"][2]
+            build_tiny_base(args.dir / "base", load_annotations(args.dir / "annotations.json"), args.seed, video_dim)
+        else:
+            build_reference_base(args.preset, args.dir / "base", args.seed)
+    print(f"base model: {time.perf_counter() - started:.0f} s")
+
+
+def dataset(cfg: TrainConfig):
+    """(dims, stored dtypes, samples, versions) of a prepared dir, as `pave train` opens them."""
+    from pipelines.annotations import load_annotations
+    from pipelines.training_data import modality_dtypes, open_versions
+
+    versions = open_versions(cfg.store, cfg.modalities)
+    return ({m: v.schema.dim for m, v in versions.items()}, modality_dtypes(versions),
+            load_annotations(cfg.annotations), versions)
+
+
+def flop_params(model) -> int:
+    """N: weights applied at every position (decoder layers with LoRA, projector, patches; video positions are
+    nearly all positions). Embedding lookups do no matmuls; lm_head runs at label positions only."""
+    hf = model.hf
+    parts = (hf.model.language_model.layers, hf.model.multi_modal_projector, model.patches)
+    return sum(p.numel() for part in parts for p in part.parameters())
+
+
+def flops_per_token(model, seq_len: float) -> tuple[float, float]:
+    """(4 N, 4 N + causal attention) model FLOPs per trained token."""
+    text = model.hf.config.text_config
+    dense = 4 * flop_params(model)
+    return dense, dense + 6 * text.num_hidden_layers * text.hidden_size * seq_len
+
+
+def mfu(flops_per_s: float) -> float | None:
+    return flops_per_s / PEAK_FLOPS if torch.cuda.is_available() else None
+
+
+def step(args) -> None:
+    """Times optimizer steps on fixed batches collated from the store exactly as a Ray worker collates them."""
+    from transformers import AutoTokenizer
+
+    from jobs.train_worker import TrainingLoss, build_model, to_device
+    from model.collate import Collator
+    from pipelines.training_data import FetchFeatures, sample_row
+
+    cfg = bench_config(args.dir)
+    dims, dtypes, samples, versions = dataset(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    model = build_model(cfg, dims, dtype)
+    if args.gradient_checkpointing:
+        model.hf.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
+    module = TrainingLoss(model, bf16=on_gpu).to(device).train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    collate = Collator(AutoTokenizer.from_pretrained(cfg.base_model), model.hf.config.video_token_id, tuple(cfg.sides),
+                       dtypes, dtype)
+    fetch = FetchFeatures(versions)
+    rows = [fetch(sample_row(s)) for s in samples[: max(args.batch)]]
+    device_name = torch.cuda.get_device_name() if on_gpu else "cpu"
+    for batch_size in args.batch:
+        batch = to_device(collate({k: [r[k] for r in rows[:batch_size]] for k in rows[0]}), device)
+
+        def train_step():
+            module(batch).backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        try:
+            ms, peak = measure(train_step, device, args.iters, args.warmup)
+        except torch.OutOfMemoryError:
+            print(json.dumps({"bench": "train_step", "device": device_name, "batch": batch_size, "error": "OOM"}))
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            continue
+        tokens = int(batch["attention_mask"].sum())
+        dense, with_attn = flops_per_token(model, tokens / batch_size)
+        tokens_per_s = tokens / (ms / 1000)
+        print_record({
+            "bench": "train_step", "device": device_name, "base": model.hf.config.text_config.hidden_size,
+            "batch": batch_size, "seq_len": tokens / batch_size, "gradient_checkpointing": args.gradient_checkpointing,
+            "step_ms": round(ms, 1), "tokens_per_s": round(tokens_per_s),
+            "samples_per_s": round(batch_size / (ms / 1000), 2),
+            "mfu": mfu(dense * tokens_per_s), "mfu_attn": mfu(with_attn * tokens_per_s),
+            "flop_params": flop_params(model), "peak_gib": peak,
+        })
+
+
+def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
+    """Median ms of fn over `iters` runs after `warmup`, and peak allocated GiB (CUDA) during them."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(1000 * (time.perf_counter() - start))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return statistics.median(times), peak
+
+
+def bench_config(directory: Path, **values) -> TrainConfig:
+    return TrainConfig(store=str(directory / "store"), annotations=str(directory / "annotations.json"), out="",
+                       base_model=str(directory / "base"), **values)
+
+
+def report(args) -> None:
+    """Steady-state metrics of a finished `pave train` run: the mean over its metric windows but the first --skip
+    (model and data pipeline warm-up), MFU from the model's shapes (built on the meta device: no weights, no memory)."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    from jobs.train_worker import build_model
+
+    for run in args.runs:
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        cfg = TrainConfig(**json.loads((run / "final" / TRAIN_CONFIG).read_text()))
+        dims = dataset(cfg)[0]
+        with torch.device("meta"):
+            base = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig.from_pretrained(cfg.base_model))
+            model = build_model(cfg, dims, torch.bfloat16, base=base)
+        steady = history[args.skip:] or history
+        mean = {k: statistics.mean(m[k] for m in steady)
+                for k in ("step_time_s", "tokens_per_s", "samples_per_s", "data_wait_frac")}
+        seq_len = mean["tokens_per_s"] / mean["samples_per_s"]
+        dense, with_attn = flops_per_token(model, seq_len)
+        print_record({
+            "bench": "pave_train", "run": str(run), "strategy": cfg.strategy, "workers": cfg.workers,
+            "base": model.hf.config.text_config.hidden_size, "batch": cfg.batch_size, "seq_len": round(seq_len),
+            "windows_end": [m["step"] for m in history],
+            "window_step_ms": [round(1000 * m["step_time_s"]) for m in history],
+            "steady_from_window": args.skip + 1, "step_ms": round(1000 * mean["step_time_s"], 1),
+            "tokens_per_s": round(mean["tokens_per_s"]), "samples_per_s": round(mean["samples_per_s"], 2),
+            "mfu": mfu(dense * mean["tokens_per_s"]), "mfu_attn": mfu(with_attn * mean["tokens_per_s"]),
+            "data_wait_frac": round(mean["data_wait_frac"], 4),
+            "window_data_wait_frac": [round(m["data_wait_frac"], 4) for m in history],
+            "peak_gib": max((m["gpu_mem_peak_gib"] for m in history if "gpu_mem_peak_gib" in m), default=None),
+        })
+
+
+def print_record(record: dict) -> None:
+    record = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+    print(json.dumps(record), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="synthetic store + annotations + random base model in DIR (kept if there)")
+    prep.add_argument("dir", type=Path)
+    prep.add_argument("--preset", choices=["0.5b", "7b"], default="7b")
+    prep.add_argument("--tiny", action="store_true", help="tiny model and tokens (CPU smoke test)")
+    prep.add_argument("--seed", type=int, default=0)
+    st = sub.add_parser("step", help="time model-only training steps on batches from DIR")
+    st.add_argument("dir", type=Path)
+    st.add_argument("--batch", type=int, nargs="+", default=[1])
+    st.add_argument("--iters", type=int, default=10)
+    st.add_argument("--warmup", type=int, default=3)
+    st.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    rep = sub.add_parser("report", help="steady-state throughput, MFU and data wait of `pave train` runs")
+    rep.add_argument("runs", type=Path, nargs="+")
+    rep.add_argument("--skip", type=int, default=1, help="warm-up windows left out of the means")
+    args = p.parse_args(argv)
+    {"prepare": prepare, "step": step, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
