@@ -1,6 +1,6 @@
 """A corrupt latest checkpoint: the resumed run says so, falls back to the previous checkpoint and trains on from
-there, instead of crashing, silently starting over, or loading damaged weights. (A worker killed mid-run resumes from the latest checkpoint:
-tests/training/test_train.py::test_killed_worker_resumes_from_checkpoint.)"""
+there, instead of crashing, silently starting over, or loading damaged weights. (A worker killed mid-run resumes
+from the latest checkpoint: tests/training/test_train.py::test_killed_worker_resumes_from_checkpoint.)"""
 import json
 import os
 import subprocess
