@@ -7,6 +7,8 @@ import psutil
 import pytest
 from jobruns import MODALITIES, Run, assert_complete_and_equal, committed, wait_while_running
 
+from featurestore import FeatureStore
+
 pytestmark = pytest.mark.timeout(400)
 
 IDS = [f"v{i:04d}" for i in range(8)]
@@ -39,6 +41,9 @@ def test_a_killed_driver_is_finished_by_a_rerun(manifest, reference, ray_address
     finally:
         crashed.stop()  # SIGKILL: no cleanup of any kind runs
     assert len(committed(store)) < len(IDS) * len(MODALITIES), "the kill came too late to leave work undone"
+    crashed_store = FeatureStore(str(store))
+    for info in crashed_store.versions():  # readable and consistent as the crash left it
+        assert crashed_store.version(info.modality).verify() == []
 
     # Rerun under the same owner, as after a crash: it takes the dead job's claims back at once.
     rerun = Run(manifest, store, ray_address, "--owner", "nightly", name="rerun")
