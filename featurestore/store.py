@@ -97,14 +97,23 @@ class FeatureStore(_Cached):
             )
         return out
 
+    def _ensure_group(self, path: str, attributes: dict | None = None) -> None:
+        """Create the group unless it exists. Jobs that start together race to create it: zarr's mode "a" checks,
+        then refuses to create over a group that appeared in between; that group is the one wanted (its definition
+        is checked by the caller)."""
+        try:
+            zarr.open_group(self.zarr_store, path=path, mode="a", attributes=attributes)
+        except zarr.errors.ContainsGroupError:
+            pass
+
     def create_version(self, schema: TokenSchema, fp: Fingerprint) -> "Version":
         """Create the version, or return it if it exists with the same schema and fingerprint spec."""
         if fp.spec.get("dtype") != schema.dtype:
             raise FeatureError(f"fingerprint dtype {fp.spec.get('dtype')!r} != schema dtype {schema.dtype!r}")
         attrs = {"schema": schema.to_json(), "fingerprint": {"id": fp.id, "spec": fp.spec}}
         path = f"{schema.modality}/{fp.id}"
-        zarr.open_group(self.zarr_store, path=path, mode="a", attributes=attrs)  # opens it if it exists
-        zarr.open_group(self.zarr_store, path=f"{path}/parts", mode="a")
+        self._ensure_group(path, attrs)
+        self._ensure_group(f"{path}/parts")
         version = self._open_version(path)
         if version.schema != schema or version.fingerprint != fp:
             raise FeatureError(

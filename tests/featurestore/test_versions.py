@@ -1,7 +1,9 @@
 """Fingerprints: stable ids, coexisting versions that never overwrite each other, idempotent reuse, gc."""
 import hashlib
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -49,7 +51,7 @@ def test_two_fingerprints_coexist_and_never_overwrite(tmp_path):
         np.testing.assert_array_equal(store.version("video", new.fingerprint.id[:6]).get(video_id).tokens, want * 2)
     with pytest.raises(FeatureError, match=old.fingerprint.id):  # ambiguous: the error lists the candidates
         store.version("video")
-    with pytest.raises(FeatureError, match="not found"):
+    with pytest.raises(FeatureError, match=r"has no 'audio' features \(it has: video\)"):
         store.version("audio")
 
 
@@ -114,3 +116,19 @@ def test_gc_spares_a_live_writer_and_removes_dead_leftovers(tmp_path):
     assert not leftover.exists() and (tmp_path / "store" / version.path / "parts" / live.part_id).exists()
     live.commit()  # the live writer was not disturbed
     assert store.version("video").items() == ["a"] and store.version("video").verify() == []
+
+
+def test_jobs_creating_the_same_version_at_once_all_get_it(tmp_path):
+    """Two materialize jobs start together on an empty store: both create the version; neither may fail."""
+    start = threading.Barrier(8)
+
+    def create(_):
+        start.wait()
+        return fsdata.version(str(tmp_path / "store")).fingerprint.id
+
+    for attempt in range(5):  # the race window is small: several rounds, each on a fresh store
+        tmp_path = tmp_path / str(attempt)
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(create, range(8)))
+        assert len(set(ids)) == 1
+        assert [v.fingerprint_id for v in FeatureStore(tmp_path / "store").versions("video")] == ids[:1]
