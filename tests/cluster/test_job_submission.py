@@ -185,10 +185,11 @@ def test_corpus_materialize_train_eval_as_submitted_jobs(head, tmp_path):
 def test_the_pave_console_script_runs_the_uploaded_working_dir(head):
     """`pave` is the console script installed on the node, but the job's copy of the working dir comes first on
     PYTHONPATH, so the submitted code is what runs (and a `pave` installed from an older checkout is shadowed)."""
-    logs = run_job(head, "command -v pave && pwd && PYTHONVERBOSE=1 pave --help")
-    lines = logs.splitlines()
-    assert lines[0] == str(BIN / "pave")
-    working_dir = Path(lines[1])
+    logs = run_job(head, 'echo "pave=$(command -v pave)" && echo "cwd=$(pwd)" && PYTHONVERBOSE=1 pave --help')
+    lines = logs.splitlines()  # Ray's own lines ("Runtime env is setting up.") may come first
+    found = dict(line.split("=", 1) for line in lines if line.startswith(("pave=", "cwd=")))
+    assert found["pave"] == str(BIN / "pave")
+    working_dir = Path(found["cwd"])
     assert working_dir != REPO and "runtime_resources" in working_dir.parts and (working_dir / "jobs").is_dir()
     loaded = [line for line in lines if "jobs/cli.py" in line]
     assert loaded and all(str(working_dir) in line for line in loaded), loaded
