@@ -76,6 +76,8 @@ def test_killed_worker_resumes_from_checkpoint(synthetic_store, ray_local, tmp_p
     out = tmp_path / "run"
     cfg = config(store, annotations, out, steps=40, report_every=5, checkpoint_every=5, max_failures=2)
     errors = []
+    # Workers of the previous tests' runs may still be exiting: the victim must be one of this run's.
+    earlier = {p.pid for p in train_workers()}
     runner = threading.Thread(target=lambda: errors.append(None) if train(cfg) else None, daemon=True)
     runner.start()
 
@@ -84,8 +86,8 @@ def test_killed_worker_resumes_from_checkpoint(synthetic_store, ray_local, tmp_p
     deadline = time.monotonic() + 600
     while len(list((out / "ray").glob("*/checkpoint_*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    victims = train_workers()
-    assert victims, "no Ray Train worker process found"
+    victims = [p for p in train_workers() if p.pid not in earlier]
+    assert victims, "no Ray Train worker process of this run found"
     os.kill(victims[0].pid, signal.SIGKILL)
     runner.join(timeout=600)
 
