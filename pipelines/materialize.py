@@ -82,6 +82,10 @@ class Prepared:
     extras: dict = field(default_factory=dict)  # name -> [N, ...]
 
 
+def _video_source(item: dict) -> str:
+    return item["video"] or ("video bytes" if item["video_bytes"] is not None else "no video")
+
+
 def _video(item: dict):
     if item["video"]:
         return item["video"]
@@ -143,7 +147,7 @@ class Modality:
     time_kind: str  # "frame": t_start == t_end == the frame's time; "span": the step covers [t_start, t_end]
     extras: Callable = lambda settings: {}  # Settings -> {name: (trailing shape, numpy dtype)}
     missing: Callable = lambda item: ""  # why the item has no input for this modality ("" when it has one)
-    source: Callable = lambda item: item["video"] or "video bytes"  # what prepare reads, for failure reasons
+    source: Callable = _video_source  # what prepare reads, named in failure reasons
 
     def schema_and_fingerprint(self, settings: Settings, encoder):
         params = {**self.params(settings), **encoder.params()}
@@ -202,8 +206,9 @@ def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: I
                 status, reason = "failed", f"{modality.name} of {video_id!r} ({modality.source(item)}): {e}"
         rows.append({"id": video_id, "status": status, "reason": reason, "inputs": prepared.inputs,
                      "t_start": prepared.t_start, "t_end": prepared.t_end,
-                     **{f"x_{name}": values for name, values in prepared.extras.items()}})
-    return {key: [row[key] for row in rows] for key in rows[0]}
+                     **{f"x_{name}": prepared.extras[name] for name in empty_extras}})
+    columns = ["id", "status", "reason", "inputs", "t_start", "t_end", *(f"x_{name}" for name in empty_extras)]
+    return {key: [row[key] for row in rows] for key in columns}
 
 
 def write_part(batch: dict, version: Version, owner: str) -> dict:
