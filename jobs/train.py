@@ -158,10 +158,11 @@ def export(checkpoint, cfg: TrainConfig, dims: dict[str, int], out: Path) -> Pat
     """The final checkpoint as a standard PaveLlava dir (peft adapter + patches) + the metrics and loss curve."""
     import torch
 
-    from jobs.train_worker import TrainingLoss, build_model, load_trainable
+    from jobs.train_worker import TrainingLoss, build_model, check_files, load_trainable
 
     final = out / "final"
     with checkpoint.as_directory() as directory:
+        check_files(Path(directory))  # the final weights are exported only as they were written
         model = build_model(cfg, dims, torch.float32)
         load_trainable(TrainingLoss(model), Path(directory))
         history = torch.load(Path(directory) / TRAINER_STATE, weights_only=False)["history"]

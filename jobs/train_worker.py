@@ -111,7 +111,8 @@ def candidate_checkpoints(latest: ray.train.Checkpoint) -> list[ray.train.Checkp
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as f:  # streamed: a 7B run's optimizer state is over a GB
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_files(directory: Path) -> None:
@@ -190,7 +191,11 @@ def train_loop_per_worker(config: dict) -> None:
             batch = to_device(batch, device)
             micro += 1
             last_micro = micro % cfg.grad_accum == 0
-            sync = nullcontext() if last_micro or not hasattr(module, "no_sync") else module.no_sync()
+            if cfg.strategy == "fsdp":  # fully_shard has no no_sync: reduce-scatter on the last micro-batch only
+                module.set_requires_gradient_sync(last_micro)
+                sync = nullcontext()
+            else:
+                sync = nullcontext() if last_micro or not hasattr(module, "no_sync") else module.no_sync()
             with sync:
                 loss = module(batch)
                 (loss / cfg.grad_accum).backward()

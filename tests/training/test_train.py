@@ -53,18 +53,20 @@ def test_two_workers_train_export_and_eval(synthetic_store, ray_local, tmp_path)
     assert "| 16 |" in (tmp_path / "eval" / "report.md").read_text()
 
 
-
 def test_fsdp_two_workers_train(synthetic_store, ray_local, tmp_path):
-    """FSDP (fully_shard over gloo): the same recipe learns with sharded weights, gradient checkpointing on, and its
-    checkpoints gather into the same exportable adapter."""
+    """FSDP (fully_shard over gloo): the same recipe learns with sharded weights, gradient checkpointing on and
+    gradients accumulated over 2 micro-batches (synced on the second only), and its checkpoints gather into the same
+    exportable adapter."""
     store, annotations = synthetic_store
-    final = train(config(store, annotations, tmp_path / "run", strategy="fsdp", gradient_checkpointing=True))
+    final = train(config(store, annotations, tmp_path / "run", strategy="fsdp", gradient_checkpointing=True,
+                         grad_accum=2))
 
     losses = [m["loss"] for m in history(tmp_path / "run")]
     assert losses[-1] < losses[0] - 0.5, losses
     assert json.loads((final / TRAIN_CONFIG).read_text())["strategy"] == "fsdp"
     assert (final / "lora" / "adapter_model.safetensors").exists()
     assert (final / "patches" / "audio" / "model.safetensors").exists()
+
 
 def train_workers() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"])
