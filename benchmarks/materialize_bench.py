@@ -61,7 +61,7 @@ def ray_job(corpus: Path, store: Path, encoder_dir: str, frames: int, workers: i
     from pipelines.materialize import Resources, Settings, materialize
     from pipelines.sources import read_items
 
-    ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         start = time.perf_counter()

@@ -206,9 +206,9 @@ def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
     return statistics.median(times), peak
 
 
-def bench_config(directory: Path, **values) -> TrainConfig:
+def bench_config(directory: Path) -> TrainConfig:
     return TrainConfig(store=str(directory / "store"), annotations=str(directory / "annotations.json"), out="",
-                       base_model=str(directory / "base"), **values)
+                       base_model=str(directory / "base"))
 
 
 def report(args) -> None:

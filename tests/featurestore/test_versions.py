@@ -122,13 +122,13 @@ def test_jobs_creating_the_same_version_at_once_all_get_it(tmp_path):
     """Two materialize jobs start together on an empty store: both create the version; neither may fail."""
     start = threading.Barrier(8)
 
-    def create(_):
+    def create(store):
         start.wait()
-        return fsdata.version(str(tmp_path / "store")).fingerprint.id
+        return fsdata.version(str(store)).fingerprint.id
 
     for attempt in range(5):  # the race window is small: several rounds, each on a fresh store
-        tmp_path = tmp_path / str(attempt)
+        store = tmp_path / str(attempt)
         with ThreadPoolExecutor(8) as pool:
-            ids = list(pool.map(create, range(8)))
+            ids = list(pool.map(lambda _: create(store), range(8)))
         assert len(set(ids)) == 1
-        assert [v.fingerprint_id for v in FeatureStore(tmp_path / "store").versions("video")] == ids[:1]
+        assert [v.fingerprint_id for v in FeatureStore(store).versions("video")] == ids[:1]

@@ -12,8 +12,10 @@ from typing import Callable
 import av
 import numpy as np
 
+from pipelines.corpus import PITCH_HZ
+
 WIDTH, HEIGHT, FPS, SECONDS = 64, 48, 10, 3.0
-LOW_HZ, HIGH_HZ = 330.0, 1760.0  # the corpus's two pitches
+LOW_HZ, HIGH_HZ = PITCH_HZ["low"], PITCH_HZ["high"]
 FRAME_TIMES = tuple(k / FPS for k in range(int(SECONDS * FPS)))
 # Ten hours in a few sparse frames: a header that promises hours, a file of a few kB.
 LONG_TIMES = FRAME_TIMES[:10] + tuple(3600.0 * k for k in range(1, 11))
