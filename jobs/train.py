@@ -138,7 +138,8 @@ def train(cfg: TrainConfig) -> Path:
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": asdict(cfg), "dims": dims, "dtypes": modality_dtypes(versions)},
+        train_loop_config={"train": asdict(cfg), "dims": dims, "dtypes": modality_dtypes(versions),
+                           "run_dir": str(out / "ray" / cfg.name)},  # where RunConfig puts the checkpoints
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
             resources_per_worker={"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker},

@@ -99,15 +99,11 @@ def load_trainable(module: torch.nn.Module, directory: Path) -> None:
     set_model_state_dict(module, state, options=TO_LOAD)
 
 
-def candidate_checkpoints(latest: ray.train.Checkpoint) -> list[ray.train.Checkpoint]:
-    """The latest checkpoint first, then its older siblings in the run's storage, newest first."""
-    import pyarrow.fs
-
-    parent = str(Path(latest.path).parent)
-    infos = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
-    older = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                    and Path(i.path).name.startswith("checkpoint_") and i.path != latest.path), reverse=True)
-    return [latest] + [ray.train.Checkpoint(path, filesystem=latest.filesystem) for path in older]
+def candidate_checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint directory of the run, newest first (their names are timestamps). Not only those Ray Train has
+    registered: the controller registers a checkpoint only once it has polled every worker's report, so when a
+    worker dies just after rank 0 persisted one, that checkpoint is on disk but unknown to get_checkpoint()."""
+    return sorted(run_dir.glob("checkpoint_*"), reverse=True)
 
 
 def sha256(path: Path) -> str:
@@ -123,28 +119,25 @@ def check_files(directory: Path) -> None:
         raise ValueError(f"{', '.join(damaged)}: not the bytes written (sha256 differs from {CHECKSUMS})")
 
 
-def restore(module, optimizer, scheduler) -> tuple[int, list[dict], int]:
-    """(step, history, resumes so far) from the newest checkpoint that is intact and loads; (0, [], 0) on a fresh
-    start. A corrupt checkpoint is skipped with a warning, never half-loaded: weights and optimizer come from one
-    checkpoint."""
-    latest = ray.train.get_checkpoint()
-    if latest is None:
-        return 0, [], 0
-    for checkpoint in candidate_checkpoints(latest):
+def restore(module, optimizer, scheduler, run_dir: Path) -> tuple[int, list[dict], int]:
+    """(step, history, resumes so far) from the newest checkpoint of the run that is intact and loads; (0, [], 0) on
+    a fresh start. A corrupt checkpoint is skipped with a warning, never half-loaded: weights and optimizer come from
+    one checkpoint."""
+    candidates = candidate_checkpoints(run_dir)
+    for directory in candidates:
         try:
-            with checkpoint.as_directory() as directory:
-                directory = Path(directory)
-                check_files(directory)
-                state = torch.load(directory / TRAINER_STATE, weights_only=False)
-                load_trainable(module, directory)
-                set_optimizer_state_dict(module, optimizer, state["optimizer"], options=TO_LOAD)
-                scheduler.load_state_dict(state["scheduler"])
-            log.info("resumed from %s at step %d", checkpoint.path, state["step"])
+            check_files(directory)
+            state = torch.load(directory / TRAINER_STATE, weights_only=False)
+            load_trainable(module, directory)
+            set_optimizer_state_dict(module, optimizer, state["optimizer"], options=TO_LOAD)
+            scheduler.load_state_dict(state["scheduler"])
+            log.info("resumed from %s at step %d", directory, state["step"])
             return state["step"], state["history"], state["resumes"] + 1
         except Exception as err:  # any unreadable piece disqualifies the whole checkpoint
-            log.warning("checkpoint %s is unusable (%s: %s); trying an older one", checkpoint.path,
-                        type(err).__name__, err)
-    raise RuntimeError(f"no usable checkpoint among those of {latest.path}; refusing to restart from scratch")
+            log.warning("checkpoint %s is unusable (%s: %s); trying an older one", directory, type(err).__name__, err)
+    if candidates:
+        raise RuntimeError(f"no usable checkpoint among those in {run_dir}; refusing to restart from scratch")
+    return 0, [], 0
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -172,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * cfg.steps), cfg.steps)
-    step, history, resumes = restore(module, optimizer, scheduler)
+    step, history, resumes = restore(module, optimizer, scheduler, Path(config["run_dir"]))
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
     collate = Collator(tokenizer, model.hf.config.video_token_id, tuple(cfg.sides), config["dtypes"], dtype)

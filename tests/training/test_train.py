@@ -83,8 +83,8 @@ def test_killed_worker_resumes_from_checkpoint(synthetic_store, ray_local, tmp_p
     runner = threading.Thread(target=lambda: errors.append(None) if train(cfg) else None, daemon=True)
     runner.start()
 
-    # A checkpoint directory appears while it is uploaded, before Ray Train registers it: once a second one
-    # exists, the first is surely registered, so the restart must resume from a checkpoint.
+    # A checkpoint directory appears while rank 0 persists it (and Ray Train may register it later still): once a
+    # second one exists, the first is complete, so the restart must resume from a checkpoint.
     deadline = time.monotonic() + 600
     while len(list((out / "ray").glob("*/checkpoint_*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
