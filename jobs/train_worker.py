@@ -103,7 +103,7 @@ def candidate_checkpoints(run_dir: Path) -> list[Path]:
     """Every checkpoint directory of the run, newest first (their names are timestamps). Not only those Ray Train has
     registered: the controller registers a checkpoint only once it has polled every worker's report, so when a
     worker dies just after rank 0 persisted one, that checkpoint is on disk but unknown to get_checkpoint()."""
-    return sorted(run_dir.glob("checkpoint_*"), reverse=True)
+    return sorted((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), reverse=True)  # not Ray's snapshot file
 
 
 def sha256(path: Path) -> str:
