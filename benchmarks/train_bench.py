@@ -11,14 +11,14 @@ shapes with random weights, and how much of a real `pave train` step waits for d
 `prepare --tiny` writes a tiny model and small tokens instead: the same sequence then runs on a CPU in about a minute.
 The store holds random bf16 tokens of the real dims: video 32 frames x 196 x 1152 (pre-projector SigLIP, pooled),
 audio 1 x 1024 per 1 s hop with 2 s windows, clips of 60-600 s; one question per video with a one-word answer.
-The recipe is TrainConfig's (DESIGN.md): LoRA r=64 alpha=16 on every LLM *_proj, one audio patch, AdamW, bf16
-compute with float32 trainable weights, gradient checkpointing.
+The recipe is RunConfig's defaults (training/config.py, DESIGN.md): LoRA r=64 alpha=16 on every LLM *_proj, one
+audio patch, AdamW, bf16 compute with float32 trainable weights, gradient checkpointing.
 
 MFU = model FLOPs per second / 989e12 (dense bf16 peak of an H100 SXM and of an H200). Model FLOPs per token =
 4 N (forward 2 N, backward 2 N for the activation gradients; the frozen weights get no weight gradients), N = the
 weights applied at every position (LLM decoder layers with their LoRA, projector, patches). Not counted: the weight
-gradients of the trainable weights (LoRA, patches) and the recompute of gradient checkpointing. `mfu_attn` adds causal attention,
-6 L d s per token (forward 2 L d s, backward twice that; s = sequence length).
+gradients of the trainable weights (LoRA, patches) and the recompute of gradient checkpointing. `mfu_attn` adds
+causal attention, 6 L d s per token (forward 2 L d s, backward twice that; s = sequence length).
 """
 import argparse
 import json
@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featurestore import FeatureStore, TokenSchema, fingerprint  # noqa: E402
-from jobs.train import TRAIN_CONFIG, TrainConfig, build_tiny_base  # noqa: E402
+from model.tiny import save_tiny_base  # noqa: E402
+from training.config import RunConfig, from_dict, load, validate  # noqa: E402
 
 PEAK_FLOPS = 989e12
 QUESTION = "<video>\nWhat is the pitch of the tone in this video: low or high?"
@@ -100,20 +101,19 @@ def prepare(args) -> None:
     if not (args.dir / "base" / "config.json").exists():
         if args.tiny:
             video_dim = SHAPES["tiny"][2]
-            build_tiny_base(args.dir / "base", load_annotations(args.dir / "annotations.json"), args.seed, video_dim)
+            texts = [text for s in load_annotations(args.dir / "annotations.json") for _, text in s.turns]
+            save_tiny_base(args.dir / "base", texts, args.seed, video_dim)
         else:
             build_reference_base(args.preset, args.dir / "base", args.seed)
     print(f"base model: {time.perf_counter() - started:.0f} s")
 
 
-def dataset(cfg: TrainConfig):
-    """(dims, stored dtypes, samples, versions) of a prepared dir, as `pave train` opens them."""
+def dataset(cfg: RunConfig):
+    """(samples, versions) of a prepared dir, as `pave train` opens them."""
     from pipelines.annotations import load_annotations
-    from pipelines.training_data import modality_dtypes, open_versions
+    from pipelines.training_data import open_versions
 
-    versions = open_versions(cfg.store, cfg.modalities)
-    return ({m: v.schema.dim for m, v in versions.items()}, modality_dtypes(versions),
-            load_annotations(cfg.annotations), versions)
+    return load_annotations(cfg.data.annotations), open_versions(cfg.data.store, cfg.modalities)
 
 
 def flop_params(model) -> int:
@@ -136,55 +136,38 @@ def mfu(flops_per_s: float) -> float | None:
 
 
 def step(args) -> None:
-    """Times optimizer steps on fixed batches collated from the store exactly as a Ray worker collates them."""
-    from transformers import AutoTokenizer
-
-    from jobs.train_worker import TrainingLoss, build_model, to_device
-    from model.collate import Collator
+    """Times `Recipe.step` (the step `pave train` workers take) on fixed batches collated from the store exactly as
+    a worker collates them; one recipe, so one model, for every batch size."""
     from pipelines.training_data import FetchFeatures, sample_row
+    from training.modeling import to_device
+    from training.recipe import Recipe
 
-    cfg = bench_config(args.dir)
-    dims, dtypes, samples, versions = dataset(cfg)
+    cfg = bench_config(args.dir, max(args.batch), args.gradient_checkpointing)
+    samples, versions = dataset(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = device.type == "cuda"
-    dtype = torch.bfloat16 if on_gpu else torch.float32
-    model = build_model(cfg, dims, dtype)
-    if args.gradient_checkpointing:
-        model.hf.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
-    module = TrainingLoss(model, bf16=on_gpu).to(device).train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    collate = Collator(AutoTokenizer.from_pretrained(cfg.base_model), model.hf.config.video_token_id, tuple(cfg.sides),
-                       dtypes, dtype)
+    recipe = Recipe(cfg, samples, versions, device).setup()
     fetch = FetchFeatures(versions)
     rows = [fetch(sample_row(s)) for s in samples[: max(args.batch)]]
-    device_name = torch.cuda.get_device_name() if on_gpu else "cpu"
+    device_name = torch.cuda.get_device_name() if recipe.on_gpu else "cpu"
     for batch_size in args.batch:
-        batch = to_device(collate({k: [r[k] for r in rows[:batch_size]] for k in rows[0]}), device)
-
-        def train_step():
-            module(batch).backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+        batch = to_device(recipe.collate({k: [r[k] for r in rows[:batch_size]] for k in rows[0]}), device)
         try:
-            ms, peak = measure(train_step, device, args.iters, args.warmup)
+            ms, peak = measure(lambda: recipe.step([batch]), device, args.iters, args.warmup)
         except torch.OutOfMemoryError:
             print(json.dumps({"bench": "train_step", "device": device_name, "batch": batch_size, "error": "OOM"}))
-            optimizer.zero_grad(set_to_none=True)
+            recipe.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             continue
         tokens = int(batch["attention_mask"].sum())
-        dense, with_attn = flops_per_token(model, tokens / batch_size)
+        dense, with_attn = flops_per_token(recipe.model, tokens / batch_size)
         tokens_per_s = tokens / (ms / 1000)
         print_record({
-            "bench": "train_step", "device": device_name, "base": model.hf.config.text_config.hidden_size,
+            "bench": "train_step", "device": device_name, "base": recipe.model.hf.config.text_config.hidden_size,
             "batch": batch_size, "seq_len": tokens / batch_size, "gradient_checkpointing": args.gradient_checkpointing,
             "step_ms": round(ms, 1), "tokens_per_s": round(tokens_per_s),
             "samples_per_s": round(batch_size / (ms / 1000), 2),
             "mfu": mfu(dense * tokens_per_s), "mfu_attn": mfu(with_attn * tokens_per_s),
-            "flop_params": flop_params(model), "peak_gib": peak,
+            "flop_params": flop_params(recipe.model), "peak_gib": peak,
         })
 
 
@@ -206,33 +189,31 @@ def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
     return statistics.median(times), peak
 
 
-def bench_config(directory: Path) -> TrainConfig:
-    return TrainConfig(store=str(directory / "store"), annotations=str(directory / "annotations.json"), out="",
-                       base_model=str(directory / "base"))
+def bench_config(directory: Path, batch_size: int, gradient_checkpointing: bool) -> RunConfig:
+    data = {"store": str(directory / "store"), "annotations": str(directory / "annotations.json"),
+            "batch_size": batch_size}
+    model = {"base": str(directory / "base"), "gradient_checkpointing": gradient_checkpointing}
+    return validate(from_dict({"data": data, "model": model, "out": str(directory / "run")}, "train_bench"))
 
 
 def report(args) -> None:
     """Steady-state metrics of a finished `pave train` run: the mean over its metric windows but the first --skip
     (model and data pipeline warm-up), MFU from the model's shapes (built on the meta device: no weights, no memory)."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-
-    from jobs.train_worker import build_model
+    from training.loop import METRICS
+    from training.modeling import build_skeleton
 
     for run in args.runs:
-        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        cfg = TrainConfig(**json.loads((run / "final" / TRAIN_CONFIG).read_text()))
-        dims = dataset(cfg)[0]
-        with torch.device("meta"):
-            base = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig.from_pretrained(cfg.base_model))
-            model = build_model(cfg, dims, torch.bfloat16, base=base)
+        history = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+        cfg = load(run / "final")
+        model = build_skeleton(cfg, {m: v.schema.dim for m, v in dataset(cfg)[1].items()})
         steady = history[args.skip:] or history
         mean = {k: statistics.mean(m[k] for m in steady)
                 for k in ("step_time_s", "tokens_per_s", "samples_per_s", "data_wait_frac")}
         seq_len = mean["tokens_per_s"] / mean["samples_per_s"]
         dense, with_attn = flops_per_token(model, seq_len)
         print_record({
-            "bench": "pave_train", "run": str(run), "strategy": cfg.strategy, "workers": cfg.workers,
-            "base": model.hf.config.text_config.hidden_size, "batch": cfg.batch_size, "seq_len": round(seq_len),
+            "bench": "pave_train", "run": str(run), "strategy": cfg.scale.strategy, "workers": cfg.scale.workers,
+            "base": model.hf.config.text_config.hidden_size, "batch": cfg.data.batch_size, "seq_len": round(seq_len),
             "windows_end": [m["step"] for m in history],
             "window_step_ms": [round(1000 * m["step_time_s"]) for m in history],
             "steady_from_window": args.skip + 1, "step_ms": round(1000 * mean["step_time_s"], 1),

@@ -1,5 +1,6 @@
-"""The `pave` command line. Each subcommand lives in its own module under jobs/, which defines
-`add_arguments(parser)` and `run(args) -> int`; heavy imports stay inside `run` so `pave --help` is instant."""
+"""The `pave` command line. Each subcommand lives in its own module under jobs/, which defines either
+`add_arguments(parser)` and `run(args) -> int`, or `main(argv) -> int` when a library parses its flags (`pave train`:
+the run config's parser); heavy imports stay inside them so `pave --help` is instant."""
 import argparse
 import importlib
 import sys
@@ -16,21 +17,32 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `pave` parser; only `command`'s module is imported and given its flags, so that `pave --help` and every
+    other command stay quick whatever a module imports."""
     parser = argparse.ArgumentParser(
         prog="pave", description="PAVE data engine: side-channel features for video LLMs, on Ray."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        parsed = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(parsed)
+        parsed.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command:
+        module = importlib.import_module(COMMANDS[command][0])
+        if hasattr(module, "main"):  # parses its own flags
+            return module.main(argv[1:]) or 0
+    args = build_parser(command).parse_args(argv)
     return args.run(args) or 0
 
 

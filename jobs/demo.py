@@ -20,7 +20,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from jobs.cli import main as pave
-    from jobs.train import build_tiny_base
+    from model.tiny import save_tiny_base
     from pipelines.annotations import load_annotations
 
     work = args.workdir.resolve()
@@ -39,7 +39,7 @@ def run(args) -> int:
         stage("corpus", "make-corpus", corpus, "--videos", args.videos, "--seed", args.seed)
     train_json, eval_json = corpus / "annotations" / "train.json", corpus / "annotations" / "eval.json"
     samples = load_annotations(train_json) + load_annotations(eval_json)
-    base = build_tiny_base(work / "base_model", samples, args.seed)
+    base = save_tiny_base(work / "base_model", [text for s in samples for _, text in s.turns], args.seed)
     # the main video tokens come from the base model's own vision tower, as they would for a real checkpoint
     stage("materialize", "materialize", "--input", corpus / "manifest.jsonl", "--store", store,
           "--modalities", "video,audio", "--encoder-path", f"video={base}")

@@ -1,10 +1,16 @@
 """`pave materialize --input SRC --store STORE --modalities video,audio,...`: decode videos and write timestamped
 tokens into a feature store, as a Ray Data job (pipelines/materialize.py). Connects to the cluster in RAY_ADDRESS
-when set (as under `ray job submit`), else starts a local Ray. Exit status: 1 when every attempted item failed, or
-with --strict when any did; 0 otherwise (a rerun that finds everything done included)."""
+when set (as under `ray job submit`), else starts a local Ray. Exit status: 1 when a requested modality stored
+nothing (every item failed or had no input for it; items committed before or by a concurrent job count as stored),
+or with --strict when any item failed; 0 otherwise (a rerun that finds everything done included). An error that
+does not come from the input (our code, an encoder) stops the job with its traceback."""
 
 
 def add_arguments(parser):
+    from pipelines.materialize import Resources, Settings
+
+    # The defaults are the pipeline's own (one place): Settings say what the tokens are, Resources how the job runs.
+    settings, resources = Settings(), Resources()
     parser.add_argument("--input", required=True, metavar="SRC",
                         help="directory of videos, directory of (or one) WebDataset .tar shards, or a .jsonl manifest")
     parser.add_argument("--store", required=True, help="feature store path or fsspec URL")
@@ -16,22 +22,28 @@ def add_arguments(parser):
     parser.add_argument("--root", help="directory that relative exo/rgbd paths of WebDataset samples are under "
                                        "(default: the directory above the shards')")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any item failed")
-    parser.add_argument("--frames", type=int, default=32, help="frames per video and per exo view (default 32)")
-    parser.add_argument("--hfr-fps", type=float, default=2.0, help="high frame rate sampling (default 2 fps)")
-    parser.add_argument("--grid-3d", type=int, default=8, help="3D patches per side (default 8)")
-    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
-                        help="stored token dtype (default float16)")
+    parser.add_argument("--frames", type=int, default=settings.frames,
+                        help=f"frames per video and per exo view (default {settings.frames})")
+    parser.add_argument("--hfr-fps", type=float, default=settings.hfr_fps,
+                        help=f"high frame rate sampling (default {settings.hfr_fps} fps)")
+    parser.add_argument("--grid-3d", type=int, default=settings.grid_3d,
+                        help=f"3D patches per side (default {settings.grid_3d})")
+    parser.add_argument("--dtype", default=settings.dtype, choices=["float16", "bfloat16", "float32"],
+                        help=f"stored token dtype (default {settings.dtype})")
     parser.add_argument("--vision-layer", type=int,
                         help="hidden layer of the vision tower (default: the LLaVA config's, else -1)")
-    parser.add_argument("--batch-size", type=int, default=8, help="items per encoder call (default 8)")
-    parser.add_argument("--rows-per-forward", type=int, default=128,
-                        help="frames/windows/views per encoder forward pass (default 128)")
-    parser.add_argument("--concurrency", default="1", metavar="N|MIN,MAX",
-                        help="encoder actors: a fixed number or an autoscaling range (default 1)")
+    parser.add_argument("--batch-size", type=int, default=resources.batch_size,
+                        help=f"items per encoder call (default {resources.batch_size})")
+    parser.add_argument("--rows-per-forward", type=int, default=resources.rows_per_forward,
+                        help=f"frames/windows/views per encoder forward pass (default {resources.rows_per_forward})")
+    parser.add_argument("--concurrency", default=str(resources.concurrency), metavar="N|MIN,MAX",
+                        help=f"encoder actors: a number or an autoscaling range (default {resources.concurrency})")
     parser.add_argument("--num-gpus", type=float, help="GPUs per encoder actor (default: 1 if the cluster has GPUs)")
-    parser.add_argument("--part-items", type=int, default=64, help="items per written part (default 64)")
+    parser.add_argument("--part-items", type=int, default=resources.part_items,
+                        help=f"items per written part (default {resources.part_items})")
     parser.add_argument("--owner", help="job name in item claims; reuse it to resume a crashed job at once")
-    parser.add_argument("--lease-s", type=float, default=1800.0, help="claim lease in seconds (default 1800)")
+    parser.add_argument("--lease-s", type=float, default=resources.lease_s,
+                        help=f"claim lease in seconds (default {resources.lease_s:.0f})")
     parser.add_argument("--summary-json", help="also write the summary here as JSON")
 
 
@@ -50,7 +62,7 @@ def run(args) -> int:
     import json
 
     from jobs.ray_runtime import init_ray, output_path
-    from pipelines.materialize import MODALITIES, Resources, Settings, materialize
+    from pipelines.materialize import MODALITIES, materialize
     from pipelines.sources import read_items
 
     store = output_path(args.store, "--store", urls=True)

@@ -42,8 +42,11 @@ from .media import ItemError, rate_frames, read_audio, read_frames, uniform_fram
 # Bump when a change in pipelines/ changes the tokens of an unchanged encoder and settings (2: frames are turned
 # upright by the display matrix).
 TRANSFORM_VERSION = "2"
-# What a bad input raises while being read: it fails that item only. Anything else is a bug and stops the job.
-INPUT_ERRORS = (ItemError, av.error.FFmpegError, OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
+# What a bad input raises while being read: it fails that item only. Anything else (a ValueError or KeyError from
+# our own code, any error of an encoder) is a bug: it stops the job with its traceback instead of failing every item.
+INPUT_ERRORS = (ItemError, av.error.FFmpegError, OSError, EOFError, zipfile.BadZipFile)
+ALREADY_COMMITTED = "already committed"
+CLAIMED = "claimed by another writer, or committed meanwhile"
 
 
 @dataclass(frozen=True)
@@ -124,11 +127,23 @@ def prepare_exo(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
     return Prepared(np.concatenate(frames)[order], times[order], times[order], {"view": views[order]})
 
 
+def read_rgbd(path: str) -> tuple[np.ndarray, ...]:
+    """(color, depth, intrinsics, poses, times) of an RGB-D .npz file; a file that is not one is an ItemError."""
+    try:
+        with np.load(path) as rgbd:
+            color, depth, intrinsics, poses, times = (rgbd[k] for k in ("color", "depth", "intrinsics", "poses", "times"))
+    except (ValueError, KeyError) as e:  # pickled or not an .npz (ValueError), an array missing (KeyError)
+        raise ItemError(f"not an RGB-D .npz with color, depth, intrinsics, poses and times: {e}") from e
+    n, size = len(times), color.shape[1:3]
+    expected = {"color": (n, *size, 3), "depth": (n, *size), "intrinsics": (3, 3), "poses": (n, 4, 4)}
+    arrays = {"color": color, "depth": depth, "intrinsics": intrinsics, "poses": poses}
+    if bad := [f"{k} {arrays[k].shape} (expected {shape})" for k, shape in expected.items() if arrays[k].shape != shape]:
+        raise ItemError(f"RGB-D arrays do not fit {n} views: {', '.join(bad)}")
+    return color, depth, intrinsics, poses, times
+
+
 def prepare_3d(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
-    with np.load(item["rgbd"]) as rgbd:
-        color, depth, intrinsics, poses, times = (
-            rgbd[k] for k in ("color", "depth", "intrinsics", "poses", "times")
-        )
+    color, depth, intrinsics, poses, times = read_rgbd(item["rgbd"])
     patches = [view_patches(c, d, intrinsics, p, settings.grid_3d) for c, d, p in zip(color, depth, poses)]
     xyz, rgb, coverage = (np.stack(parts).astype(np.float32) for parts in zip(*patches))
     order = np.argsort(times, kind="stable")
@@ -189,7 +204,7 @@ def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: I
                   owner: str, lease_s: float, done: frozenset) -> dict:
     """Ray Data task: status rows for a batch of items, with the encoder inputs of those this job now owns."""
     items = _rows(batch)
-    skip = {item["id"]: "already committed" if item["id"] in done else modality.missing(item) for item in items}
+    skip = {item["id"]: ALREADY_COMMITTED if item["id"] in done else modality.missing(item) for item in items}
     wanted = [video_id for video_id, reason in skip.items() if not reason]
     granted = set(version.claim(wanted, owner, lease_s)) if wanted else set()
     empty_extras = {name: np.zeros((0, *shape), dtype) for name, (shape, dtype) in version.schema.extras.items()}
@@ -198,7 +213,7 @@ def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: I
         video_id, status, reason = item["id"], "skipped", skip[item["id"]]
         prepared = Prepared(inputs.empty(), np.zeros(0), np.zeros(0), empty_extras)
         if not reason and video_id not in granted:
-            reason = "claimed by another writer, or committed meanwhile"
+            reason = CLAIMED
         elif not reason:
             try:
                 prepared, status = modality.prepare(item, settings, inputs), "todo"
@@ -275,11 +290,16 @@ class Summary:
     failures: dict[str, dict[str, str]]  # modality -> item -> reason
     versions: dict[str, str]  # modality -> fingerprint id written
     seconds: float
+    held: dict[str, int] = field(default_factory=dict)  # modality -> items skipped as committed before or claimed
+
+    def stored_nothing(self) -> list[str]:
+        """Modalities of which this job stored no item while none was done before or by another job."""
+        return [name for name, c in self.counts.items() if c["ok"] == 0 and not self.held.get(name)]
 
     def exit_code(self, strict: bool = False) -> int:
-        ok = sum(c["ok"] for c in self.counts.values())
+        """1 when a requested modality stored nothing (or, strict, when any item failed), else 0."""
         failed = sum(c["failed"] for c in self.counts.values())
-        return int(failed > 0 and (strict or ok == 0))
+        return int(bool(self.stored_nothing()) or (strict and failed > 0))
 
     def table(self) -> str:
         lines = [f"{'modality':<8} {'version':<16} {'ok':>6} {'failed':>6} {'skipped':>7}"]
@@ -287,6 +307,7 @@ class Summary:
             lines.append(f"{name:<8} {self.versions[name]:<16} {c['ok']:>6} {c['failed']:>6} {c['skipped']:>7}")
         for name, failed in self.failures.items():
             lines += [f"FAILED {name} {video_id}: {reason}" for video_id, reason in sorted(failed.items())]
+        lines += [f"NOTHING STORED for {name}: no item gave {name} tokens" for name in self.stored_nothing()]
         return "\n".join(lines + [f"{self.seconds:.1f}s"])
 
 
@@ -309,15 +330,16 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
     num_gpus = resources.num_gpus
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    counts, failures, versions = {}, {}, {}
+    counts, failures, versions, held = {}, {}, {}, {}
     for name in modalities:
         version, rows = materialize_modality(items, MODALITIES[name], encoder_paths.get(name), store, settings,
                                              resources, owner, num_gpus)
         versions[name] = version.fingerprint.id
         counts[name] = {"ok": 0, "failed": 0, "skipped": 0}
-        failures[name] = {}
+        failures[name], held[name] = {}, 0
         for row in rows.iter_rows():
             counts[name][row["status"]] += 1
+            held[name] += row["reason"] in (ALREADY_COMMITTED, CLAIMED)
             if row["status"] == "failed":
                 failures[name][row["id"]] = row["reason"]
-    return Summary(counts, failures, versions, time.perf_counter() - start)
+    return Summary(counts, failures, versions, time.perf_counter() - start, held)

@@ -155,13 +155,13 @@ def test_corpus_materialize_train_eval_as_submitted_jobs(head, tmp_path):
 
     logs = job("train", f"pave train --store {store} --annotations {corpus / 'annotations' / 'train.json'} "
                         f"--out {run} --steps 4 --batch-size 2 --workers 1 --gpus-per-worker 0 --patch-d-model 32 "
-                        "--lora-r 8 --report-every 2 --checkpoint-every 4 --name cluster")
-    assert (run / "final" / "train_config.json").exists(), logs[-4000:]
+                        "--lora-r 8 --report-every 2 --checkpoint-every 4 --name cluster --tiny-base")
+    assert (run / "final" / "run_config.yaml").exists(), logs[-4000:]
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
     assert any((run / "ray" / "cluster").glob("checkpoint_*")), "the Ray Train run keeps its checkpoints in --out"
 
-    logs = job("eval", f"pave eval --store {store} --annotations {corpus / 'annotations' / 'eval.json'} "
-                       f"--checkpoint {run / 'final'} --out {report} --max-new-tokens 4")
+    logs = job("eval", f"pave eval --annotations {corpus / 'annotations' / 'eval.json'} "
+                       f"--checkpoint {run / 'final'} --out {report} --max-new-tokens 4")  # store: the run's
     n_eval = len(json.loads((corpus / "annotations" / "eval.json").read_text()))
     assert json.loads((report / "report.json").read_text())["metrics"]["n"] == n_eval, logs[-4000:]
     assert (report / "report.md").exists()

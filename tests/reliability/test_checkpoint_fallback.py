@@ -8,20 +8,23 @@ import sys
 
 import pytest
 import torch
+import yaml
 from jobruns import REPO
 
-from jobs.train import TRAINABLE, TRAINER_STATE, TrainConfig, train
+from training.checkpoint import TRAINABLE, TRAINER_STATE
+from training.config import RUN_CONFIG, parse
+from training.launch import fit
 
-SMALL = {"workers": 1, "batch_size": 2, "patch_d_model": 32, "lora_r": 8, "report_every": 1, "checkpoint_every": 2,
-         "name": "fallback"}
+SMALL = ["--workers", "1", "--batch-size", "2", "--patch-d-model", "32", "--lora-r", "8", "--report-every", "1",
+         "--checkpoint-every", "2", "--name", "fallback", "--tiny-base"]
 
 
 @pytest.mark.timeout(300)
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corpus, reference, ray_address, tmp_path):
     store, annotations, out = str(reference[0]), str(corpus / "annotations" / "train.json"), tmp_path / "run"
-    train(TrainConfig(store=store, annotations=annotations, out=str(out), steps=4, **SMALL))
-    checkpoints = {torch.load(path / TRAINER_STATE, weights_only=False)["step"]: path
-                   for path in (out / "ray" / SMALL["name"]).glob("checkpoint_*") if path.is_dir()}
+    fit(parse(["--store", store, "--annotations", annotations, "--out", str(out), "--steps", "4", *SMALL]))
+    checkpoints = {torch.load(path / TRAINER_STATE, weights_only=False)["state"]["step"]: path
+                   for path in (out / "ray" / "fallback").glob("checkpoint_*") if path.is_dir()}
     assert sorted(checkpoints) == [2, 4]
     # Flip a byte of a weight: the file still loads (safetensors checks no contents), only its checksum tells.
     weights = checkpoints[4] / TRAINABLE
@@ -29,11 +32,10 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corpus, refe
     data[-5] ^= 0xFF
     weights.write_bytes(bytes(data))
 
-    # Rerun under the same name, for 2 more steps, as `pave train` (its output is what a user sees).
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in SMALL.items()]
+    # Rerun from the run's own saved config, for 2 more steps, as `pave train` (its output is what a user sees).
+    assert yaml.safe_load((out / RUN_CONFIG).read_text())["optim"]["steps"] == 4
     rerun = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "train", "--store", store, "--annotations", annotations, "--out", str(out),
-         "--steps", "6", *flags],
+        [sys.executable, "-m", "jobs.cli", "train", "--config", str(out / RUN_CONFIG), "--optim.steps", "6"],
         cwd=REPO, env={**os.environ, "RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=240)
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output[-3000:]

@@ -1,5 +1,5 @@
-"""Ray Train on CPU: 2 DDP (gloo) workers stream samples joined with stored features. Every run is real: Ray,
-Ray Data, transformers, peft; only the model is tiny."""
+"""Ray Train on CPU: 2 DDP (gloo) workers train from stored features, export on rank 0, and evaluation splits
+generation over Ray actors. Every run is real: Ray, Ray Data, transformers, peft; only the model is tiny."""
 import json
 import os
 import signal
@@ -10,60 +10,85 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jobs.evaluate import evaluate, write_report
-from jobs.train import TRAIN_CONFIG, TrainConfig, train
+from jobs.cli import main as pave
+from training.config import RUN_CONFIG, load, parse
+from training.launch import fit
+from training.loop import METRICS, read_sample_log
 
 pytestmark = pytest.mark.timeout(900)
 
 
-def config(store, annotations, out, **overrides) -> TrainConfig:
-    values = dict(store=store, annotations=str(annotations), out=str(out), workers=2, steps=16, batch_size=4,
-                  lr=3e-3, warmup_ratio=0.1, patch_d_model=32, lora_r=8, report_every=4, checkpoint_every=8)
-    return TrainConfig(**{**values, **overrides})
+def config(store, annotations, out, *flags):
+    """A run config as `pave train` flags would give it: a small recipe of 16 steps on 2 workers."""
+    return parse(["--store", store, "--annotations", str(annotations), "--out", str(out), "--tiny-base",
+                  "--workers", "2", "--steps", "16", "--batch-size", "4", "--lr", "3e-3", "--optim.warmup-ratio",
+                  "0.1", "--patch-d-model", "32", "--lora-r", "8", "--report-every", "4", "--checkpoint-every", "8",
+                  *flags])
 
 
 def history(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
 
 
-def test_two_workers_train_export_and_eval(synthetic_store, ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def trained(synthetic_store, ray_local, tmp_path_factory):
+    store, annotations = synthetic_store
+    out = tmp_path_factory.mktemp("run")
+    return fit(config(store, annotations, out)), out
+
+
+def test_two_workers_learn_and_rank_0_exports_a_peft_adapter_with_the_run_config(trained):
     from peft import PeftModel
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    store, annotations = synthetic_store
-    final = train(config(store, annotations, tmp_path / "run"))
-
-    losses = [m["loss"] for m in history(tmp_path / "run")]
-    assert [m["step"] for m in history(tmp_path / "run")] == [4, 8, 12, 16]
+    final, out = trained
+    losses = [m["loss"] for m in history(out)]
+    assert [m["step"] for m in history(out)] == [4, 8, 12, 16]
     assert losses[-1] < losses[0] - 0.5, losses
-    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
-    trained = json.loads((final / TRAIN_CONFIG).read_text())
-    assert trained["sides"] == ["audio"] and trained["workers"] == 2
-
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    run = load(final)
+    assert run == load(out / RUN_CONFIG)  # the resolved config, as the run directory holds it
+    assert run.sides == ["audio"] and run.scale.workers == 2 and not run.model.tiny_base
+    assert run.model.base == str(out / "base_model")  # the tiny base the flag asked for, now a plain base dir
     # The adapter is a plain peft adapter; the LoRA weights it carries are trained (LoRA B starts at zero).
-    base = LlavaOnevisionForConditionalGeneration.from_pretrained(trained["base_model"])
+    base = LlavaOnevisionForConditionalGeneration.from_pretrained(run.model.base)
     peft_model = PeftModel.from_pretrained(base, final / "lora")
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
     assert lora_b and any(float(p.abs().max()) > 0 for p in lora_b)
+    # each worker logged its 16 micro-batches of 4 samples, the two disjoint within every step
+    logs = [read_sample_log(out / "ray" / run.name, rank) for rank in (0, 1)]
+    assert [e["step"] for e in logs[0]] == [e["step"] for e in logs[1]] == list(range(1, 17))
+    assert all(not set(a["ids"]) & set(b["ids"]) for a, b in zip(*logs))
 
-    report = evaluate(store, str(annotations), str(final), "")
-    write_report(report, tmp_path / "eval", "patch+lora")
-    assert report["metrics"]["n"] == 16
-    assert {r["id"] for r in report["predictions"]} == {f"v{i:03d}-q0" for i in range(16)}
-    assert "| 16 |" in (tmp_path / "eval" / "report.md").read_text()
+
+def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_report(trained, synthetic_store, tmp_path):
+    final, _ = trained
+    _, annotations = synthetic_store
+    reports = {}
+    for workers in (1, 2):
+        argv = ["eval", "--annotations", str(annotations), "--checkpoint", str(final), "--out",
+                str(tmp_path / f"eval{workers}"), "--workers", str(workers), "--batch-size", "4"]
+        assert pave(argv) == 0
+        reports[workers] = json.loads((tmp_path / f"eval{workers}" / "report.json").read_text())
+    assert len(reports[1]["workers"]) == 1 and len(reports[2]["workers"]) == 2  # 4 batches over 2 actors
+    for report in reports.values():
+        del report["workers"]
+    assert reports[1] == reports[2]
+    assert reports[1]["metrics"]["n"] == 16
+    assert [r["id"] for r in reports[1]["predictions"]] == [f"v{i:03d}-q0" for i in range(16)]
+    assert "| 16 |" in (tmp_path / "eval2" / "report.md").read_text()
 
 
 def test_fsdp_two_workers_train(synthetic_store, ray_local, tmp_path):
     """FSDP (fully_shard over gloo): the same recipe learns with sharded weights, gradient checkpointing on and
-    gradients accumulated over 2 micro-batches (synced on the second only), and its checkpoints gather into the same
-    exportable adapter."""
+    gradients accumulated over 2 micro-batches (synced on the second only), and rank 0 exports the gathered
+    weights into the same adapter layout."""
     store, annotations = synthetic_store
-    final = train(config(store, annotations, tmp_path / "run", strategy="fsdp", gradient_checkpointing=True,
-                         grad_accum=2))
-
+    final = fit(config(store, annotations, tmp_path / "run", "--scale.strategy", "fsdp",
+                       "--model.gradient-checkpointing", "True", "--grad-accum", "2"))
     losses = [m["loss"] for m in history(tmp_path / "run")]
     assert losses[-1] < losses[0] - 0.5, losses
-    assert json.loads((final / TRAIN_CONFIG).read_text())["strategy"] == "fsdp"
+    assert load(final).scale.strategy == "fsdp"
     assert (final / "lora" / "adapter_model.safetensors").exists()
     assert (final / "patches" / "audio" / "model.safetensors").exists()
 
@@ -73,18 +98,25 @@ def train_workers() -> list[psutil.Process]:
             if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::RayTrainWorker")]
 
 
-def test_killed_worker_resumes_from_checkpoint(synthetic_store, ray_local, tmp_path):
+def test_a_killed_run_resumes_the_exact_data_sequence(synthetic_store, ray_local, tmp_path):
+    """14 samples, batch 2 on 2 workers: 3 micro-batches per epoch and worker, 2 per optimizer step, so steps
+    straddle epochs. A run whose worker is SIGKILLed after its second checkpoint restarts from a checkpoint and
+    logs exactly the (step, samples) sequence of an uninterrupted run."""
     store, annotations = synthetic_store
-    out = tmp_path / "run"
-    cfg = config(store, annotations, out, steps=40, report_every=5, checkpoint_every=5, max_failures=2)
-    errors = []
-    # Workers of the previous tests' runs may still be exiting: the victim must be one of this run's.
-    earlier = {p.pid for p in train_workers()}
-    runner = threading.Thread(target=lambda: errors.append(None) if train(cfg) else None, daemon=True)
-    runner.start()
+    subset = tmp_path / "annotations14.json"
+    subset.write_text(json.dumps(json.loads(Path(annotations).read_text())[:14]))
+    flags = ["--steps", "12", "--batch-size", "2", "--grad-accum", "2", "--checkpoint-every", "3",
+             "--report-every", "3", "--checkpoint.max-failures", "2"]
+    reference = config(store, subset, tmp_path / "reference", *flags)
+    fit(reference)
 
-    # A checkpoint directory appears while rank 0 persists it (and Ray Train may register it later still): once a
-    # second one exists, the first is complete, so the restart must resume from a checkpoint.
+    killed = config(store, subset, tmp_path / "killed", *flags)
+    out = tmp_path / "killed"
+    errors = []
+    earlier = {p.pid for p in train_workers()}  # workers of earlier runs may still be exiting
+    runner = threading.Thread(target=lambda: errors.append(None) if fit(killed) else None, daemon=True)
+    runner.start()
+    # A checkpoint directory appears while rank 0 persists it: once a second one exists, the first is complete.
     deadline = time.monotonic() + 600
     while len(list((out / "ray").glob("*/checkpoint_*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -92,8 +124,15 @@ def test_killed_worker_resumes_from_checkpoint(synthetic_store, ray_local, tmp_p
     assert victims, "no Ray Train worker process of this run found"
     os.kill(victims[0].pid, signal.SIGKILL)
     runner.join(timeout=600)
-
     assert not runner.is_alive() and errors == [None]
-    final_metrics = history(out)[-1]
-    assert final_metrics["step"] == 40
-    assert final_metrics["resumes"] >= 1  # the worker group restarted from a checkpoint, not from step 0
+
+    assert history(out)[-1]["step"] == 12 and history(out)[-1]["resumes"] >= 1  # restarted from a checkpoint
+    for rank in (0, 1):
+        resumed = read_sample_log(out / "ray" / killed.name, rank)
+        expected = read_sample_log(tmp_path / "reference" / "ray" / reference.name, rank)
+        assert resumed == expected
+        assert [e["step"] for e in expected] == [s for s in range(1, 13) for _ in range(2)]  # 2 micro-batches each
+        assert [(e["epoch"], e["position"]) for e in expected[:4]] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    # each epoch is a new permutation: the first two epochs differ in order
+    epochs = [[i for e in expected if e["epoch"] == k for i in e["ids"]] for k in (0, 1)]
+    assert epochs[0] != epochs[1]

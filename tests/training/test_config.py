@@ -1,0 +1,74 @@
+"""The run config: YAML + flag overrides into one typed object, checked once, saved and read back unchanged."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from training.config import RUN_CONFIG, ConfigError, load, parse, save
+
+REQUIRED = ["--store", "/s", "--annotations", "/a.json", "--out", "/o", "--base-model", "/b"]
+
+
+def test_yaml_then_flags_then_saved_and_read_back(tmp_path):
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"store": "/s", "annotations": "/a.json", "batch_size": 2},
+                                      "model": {"base": "/b", "lora": {"r": 8}}, "optim": {"lr": 3e-4},
+                                      "out": "/o"}))
+    cfg = parse(["--config", str(recipe), "--optim.lr", "1e-4", "--scale.workers", "2", "--sides", "audio", "hfr"])
+    assert (cfg.optim.lr, cfg.data.batch_size, cfg.model.lora.r, cfg.scale.workers) == (1e-4, 2, 8, 2)
+    assert cfg.sides == ["audio", "hfr"] and cfg.modalities == ["video", "audio", "hfr"]
+    assert cfg.optim.grad_clip == 0.1  # an unset field keeps the recipe default
+    save(cfg, tmp_path)
+    assert load(tmp_path / RUN_CONFIG) == cfg
+    assert load(tmp_path) == cfg  # a run directory stands for its config
+
+
+def test_readme_flags_are_aliases_of_the_nested_fields():
+    cfg = parse([*REQUIRED, "--workers", "8", "--gpus-per-worker", "1", "--sides", "audio", "--steps", "5000",
+                 "--lr", "1e-3", "--batch-size", "8", "--lora-r", "8", "--patch-d-model", "64",
+                 "--report-every", "20", "--checkpoint-every", "100", "--seed", "3", "--grad-accum", "2"])
+    assert (cfg.scale.workers, cfg.scale.gpus_per_worker, cfg.optim.steps, cfg.optim.lr, cfg.data.batch_size) == (
+        8, 1.0, 5000, 1e-3, 8)
+    assert (cfg.model.lora.r, cfg.model.patches.d_model, cfg.checkpoint.report_every, cfg.checkpoint.every) == (
+        8, 64, 20, 100)
+    assert (cfg.data.seed, cfg.optim.grad_accum, cfg.data.store, cfg.model.base) == (3, 2, "/s", "/b")
+    assert parse([*REQUIRED, "--sides", ""]).sides == []  # LoRA only, as `pave demo` asks for it
+    assert parse([*REQUIRED, "--sides", "audio,hfr"]).sides == ["audio", "hfr"]  # the comma list of earlier releases
+
+
+@pytest.mark.parametrize("argv, message", [
+    (REQUIRED[:6], "--model.base (--base-model) is required"),
+    ([*REQUIRED[2:]], "--data.store (--store) is required"),
+    ([*REQUIRED, "--tiny-base"], "exclude each other"),
+    ([*REQUIRED, "--steps", "0"], "--optim.steps must be at least 1, got 0"),
+    ([*REQUIRED, "--batch-size", "-1"], "--data.batch-size must be at least 1"),
+    ([*REQUIRED, "--optim.warmup-ratio", "1.5"], "--optim.warmup-ratio must be in [0, 1)"),
+    ([*REQUIRED, "--sides", "audio", "audio"], "side channels must be distinct"),
+    ([*REQUIRED, "--sides", "", "--model.lora.no-enabled"], "nothing to train"),
+    (["--config"], "--config needs a YAML file"),
+])
+def test_bad_values_are_refused_naming_the_flag(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        parse(argv)
+
+
+def test_a_misspelt_or_mistyped_yaml_key_is_named(tmp_path):
+    (tmp_path / "bad.yaml").write_text("optim:\n  lr: fast\n  warmup: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        parse(["--config", str(tmp_path / "bad.yaml")])
+    assert "optim.lr: Input should be a valid number" in str(err.value)
+    assert "optim.warmup: Unexpected keyword argument" in str(err.value)
+    with pytest.raises(ConfigError, match="not a readable YAML config"):
+        parse(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_pave_train_without_a_base_model_exits_naming_the_flag(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "train", "--store", str(tmp_path / "store"),
+                           "--annotations", str(tmp_path / "a.json"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "pave train: --model.base (--base-model) is required: a local LLaVA-OneVision directory (--tiny-base trains "
+        "a tiny random model instead, for demos and tests)")
+    assert not (tmp_path / "out").exists()  # refused before anything was created

@@ -1,0 +1,62 @@
+"""The checkpoint format. A checkpoint holds only what training changes: the trainable weights (safetensors, full
+state dict, so a DDP and an FSDP run read each other's) and trainer_state.pt (optimizer, scheduler, TrainState:
+step, data position, resumes, loss history), with the sha256 of both files: damaged bytes may still load (neither
+format checks its contents) and would resume from wrong weights."""
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TRAINABLE = "trainable.safetensors"
+TRAINER_STATE = "trainer_state.pt"
+CHECKSUMS = "checksums.json"
+
+
+@dataclass
+class TrainState:
+    """Where a run is: everything besides weights and optimizer that a resumed run needs to continue exactly."""
+
+    step: int = 0  # optimizer steps taken
+    micro: int = 0  # micro-batches each worker has consumed (step x grad_accum); the data position
+    epoch: int = 0  # of the next micro-batch (DataOrder.locate(micro)), recorded for people and tools
+    position: int = 0  # its index in that epoch
+    resumes: int = 0
+    history: list[dict] = field(default_factory=list)  # the metrics windows so far
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as f:  # streamed: a 7B run's optimizer state is over a GB
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write(directory: Path, weights: dict, optimizer: dict, scheduler: dict, state: TrainState) -> None:
+    save_file(weights, directory / TRAINABLE)
+    torch.save({"optimizer": optimizer, "scheduler": scheduler, "state": asdict(state)}, directory / TRAINER_STATE)
+    digests = {name: sha256(directory / name) for name in (TRAINABLE, TRAINER_STATE)}
+    (directory / CHECKSUMS).write_text(json.dumps(digests))
+
+
+def check_files(directory: Path) -> None:
+    """Raise unless the checkpoint's files are byte for byte those written (CHECKSUMS, recorded when saving)."""
+    recorded = json.loads((directory / CHECKSUMS).read_text())
+    damaged = [name for name in (TRAINABLE, TRAINER_STATE) if sha256(directory / name) != recorded.get(name)]
+    if damaged:
+        raise ValueError(f"{', '.join(damaged)}: not the bytes written (sha256 differs from {CHECKSUMS})")
+
+
+def read(directory: Path) -> tuple[dict, dict]:
+    """(trainable weights, {optimizer, scheduler, state: TrainState}) of an intact checkpoint."""
+    check_files(directory)
+    trainer = torch.load(directory / TRAINER_STATE, weights_only=False)
+    trainer["state"] = TrainState(**trainer["state"])
+    return load_file(directory / TRAINABLE), trainer
+
+
+def candidates(run_dir: Path) -> list[Path]:
+    """Every checkpoint directory of the run, newest first (their names are timestamps). Not only those Ray Train has
+    registered: the controller registers a checkpoint only once it has polled every worker's report, so when a
+    worker dies just after rank 0 persisted one, that checkpoint is on disk but unknown to get_checkpoint()."""
+    return sorted((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), reverse=True)  # not Ray's snapshot file

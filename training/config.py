@@ -1,0 +1,225 @@
+"""The run config: one nested, typed object for a training run, read from a YAML file plus command-line overrides,
+validated once, written into the run directory and read back as the same object by resume, export and eval.
+
+    pave train --config run.yaml --optim.lr 1e-4 --scale.workers 2
+
+Parsing is tyro's (nested dataclasses -> `--section.field` flags, with the short flags the README shows as aliases);
+the YAML file and a saved config are loaded by pydantic, which checks types and refuses unknown keys. `validate`
+then checks the values together; every problem is a ConfigError naming the field (as its flag) and what to do.
+
+The recipe defaults are the reference PAVE recipe (../shared/DESIGN.md): LoRA r=64, alpha=16, dropout 0.05 on every
+LLM *_proj; AdamW lr 2e-5, cosine with 3% warmup, weight decay 0, grad clip 0.1; patches d_model 512, 2 layers.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+
+RUN_CONFIG = "run_config.yaml"  # in the run directory and in its exported final/ directory
+STRICT = ConfigDict(extra="forbid")  # a misspelt key in a YAML file is an error, not a silent default
+
+
+def alias(*flags: str):
+    """The short flags of the README and earlier releases, beside the nested `--section.field` name."""
+    return tyro.conf.arg(aliases=flags)
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names the field and what to do."""
+
+
+@with_config(STRICT)
+@dataclass
+class DataConfig:
+    store: Annotated[str, alias("--store")] = ""  # feature store path or fsspec URL
+    annotations: Annotated[str, alias("--annotations")] = ""  # LLaVA conversation JSON (video = store item id)
+    fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> store version, for a store with several
+    batch_size: Annotated[int, alias("--batch-size")] = 4  # per worker and micro-batch
+    shuffle: bool = True  # a new seeded permutation of the samples every epoch
+    seed: Annotated[int, alias("--seed")] = 0  # data order, and the initial weights of patches and LoRA
+    prefetch_batches: int = 2  # fetched ahead by each worker's loader threads
+
+
+@with_config(STRICT)
+@dataclass
+class PatchesConfig:
+    sides: Annotated[list[str], alias("--sides")] = field(default_factory=lambda: ["audio"])  # one patch each
+    d_model: Annotated[int, alias("--patch-d-model")] = 512
+    layers: Annotated[int, alias("--patch-layers")] = 2
+
+
+@with_config(STRICT)
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: Annotated[int, alias("--lora-r")] = 64
+    alpha: int = 16
+    dropout: float = 0.05
+
+
+@with_config(STRICT)
+@dataclass
+class ModelConfig:
+    base: Annotated[str, alias("--base-model")] = ""  # local LLaVA-OneVision directory (from_pretrained)
+    tiny_base: Annotated[bool, alias("--tiny-base")] = False  # demo/tests: a tiny random base saved in OUT/base_model
+    patches: PatchesConfig = field(default_factory=PatchesConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool | None = None  # None: on with GPUs
+
+
+@with_config(STRICT)
+@dataclass
+class OptimConfig:
+    steps: Annotated[int, alias("--steps")] = 100  # optimizer steps
+    grad_accum: Annotated[int, alias("--grad-accum")] = 1  # micro-batches per optimizer step
+    lr: Annotated[float, alias("--lr")] = 2e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    grad_clip: float = 0.1
+
+
+@with_config(STRICT)
+@dataclass
+class ScaleConfig:
+    workers: Annotated[int, alias("--workers")] = 1
+    gpus_per_worker: Annotated[float, alias("--gpus-per-worker")] = 0.0
+    cpus_per_worker: float = 0.5  # fractional: the loaders need CPUs beside the workers (DESIGN pitfalls)
+    strategy: Annotated[Literal["ddp", "fsdp"], alias("--strategy")] = "ddp"
+
+
+@with_config(STRICT)
+@dataclass
+class CheckpointConfig:
+    every: Annotated[int, alias("--checkpoint-every")] = 50  # optimizer steps
+    keep: int = 3
+    max_failures: int = 2  # worker-group restarts Ray Train may make, each resuming from the latest checkpoint
+    report_every: Annotated[int, alias("--report-every")] = 10  # metrics window, in optimizer steps
+
+
+@with_config(STRICT)
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    max_new_tokens: int = 16
+
+
+@with_config(STRICT)
+@dataclass
+class RunConfig:
+    """`pave train`: PAVE patches + LoRA on a frozen LLaVA-OneVision, trained by Ray Train workers from a feature
+    store. The flags below override `--config FILE` (a YAML run config, nested like them), which overrides the
+    defaults."""
+
+    out: str = ""  # run directory: checkpoints, final/, metrics; on storage every node mounts
+    name: str = "pave"  # Ray Train run name: rerun with the same --out and --name to resume
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def sides(self) -> list[str]:
+        return self.model.patches.sides
+
+    @property
+    def modalities(self) -> list[str]:
+        return ["video", *self.sides]
+
+
+ADAPTER = TypeAdapter(RunConfig)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check the values together; raise ConfigError naming the first bad field. Returns cfg, with its side channels
+    split at commas (`--sides audio,hfr` as earlier releases took it) and the empty name of `--sides ''` dropped."""
+    cfg.model.patches.sides = [name for entry in cfg.model.patches.sides for name in entry.split(",") if name]
+    required = {"--data.store (--store)": cfg.data.store, "--data.annotations (--annotations)": cfg.data.annotations,
+                "--out": cfg.out}
+    for flag, value in required.items():
+        if not value:
+            raise ConfigError(f"{flag} is required")
+    if not cfg.model.base and not cfg.model.tiny_base:
+        raise ConfigError("--model.base (--base-model) is required: a local LLaVA-OneVision directory "
+                          "(--tiny-base trains a tiny random model instead, for demos and tests)")
+    if cfg.model.base and cfg.model.tiny_base:
+        raise ConfigError("--model.base and --model.tiny-base exclude each other: give one")
+    positive = {"--optim.steps": cfg.optim.steps, "--data.batch-size": cfg.data.batch_size,
+                "--optim.grad-accum": cfg.optim.grad_accum, "--scale.workers": cfg.scale.workers,
+                "--checkpoint.every": cfg.checkpoint.every, "--checkpoint.keep": cfg.checkpoint.keep,
+                "--checkpoint.report-every": cfg.checkpoint.report_every,
+                "--model.patches.d-model": cfg.model.patches.d_model,
+                "--model.patches.layers": cfg.model.patches.layers,
+                "--model.lora.r": cfg.model.lora.r, "--eval.batch-size": cfg.eval.batch_size,
+                "--eval.max-new-tokens": cfg.eval.max_new_tokens}
+    for flag, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"--optim.lr must be positive, got {cfg.optim.lr}")
+    for flag, value in {"--optim.warmup-ratio": cfg.optim.warmup_ratio,
+                        "--model.lora.dropout": cfg.model.lora.dropout}.items():
+        if not 0 <= value < 1:
+            raise ConfigError(f"{flag} must be in [0, 1), got {value}")
+    if cfg.scale.gpus_per_worker < 0 or cfg.scale.cpus_per_worker < 0:
+        raise ConfigError("--scale.gpus-per-worker and --scale.cpus-per-worker cannot be negative")
+    if "video" in cfg.sides or len(set(cfg.sides)) != len(cfg.sides):
+        raise ConfigError(f"--sides {' '.join(cfg.sides)}: side channels must be distinct and not 'video' "
+                          "(the main video tokens are the patch queries)")
+    if not cfg.sides and not cfg.model.lora.enabled:
+        raise ConfigError("nothing to train: no --sides and LoRA disabled (--model.lora.no-enabled)")
+    return cfg
+
+
+def from_dict(values: dict, source: str) -> RunConfig:
+    """A RunConfig from nested plain values (a YAML file's), unset fields at their defaults; types are checked and
+    unknown keys refused, each problem named by its dotted path."""
+    try:
+        return ADAPTER.validate_python(values or {})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load(path: str | Path) -> RunConfig:
+    """A config file (YAML): a run's saved RUN_CONFIG or a user's recipe file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RUN_CONFIG
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not a readable YAML config: {err}") from None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(values).__name__}")
+    return from_dict(values, str(path))
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return ADAPTER.dump_python(cfg, mode="json")
+
+
+def save(cfg: RunConfig, directory: str | Path) -> Path:
+    path = Path(directory) / RUN_CONFIG
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def parse(argv: list[str], prog: str = "pave train") -> RunConfig:
+    """The run config of a command line: --config FILE (optional) first, then every other flag over it."""
+    defaults, rest = RunConfig(), []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config" or arg.startswith("--config="):
+            path = arg.partition("=")[2] or next(args, "")
+            if not path:
+                raise ConfigError("--config needs a YAML file")
+            defaults = load(path)
+        else:
+            rest.append(arg)
+    cfg = tyro.cli(RunConfig, args=rest, default=defaults, prog=prog)
+    return validate(cfg)

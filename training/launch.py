@@ -1,0 +1,61 @@
+"""The driver side of a training run: check the inputs, then hand the run to Ray Train workers (training/loop.py).
+The driver never builds the base model: workers build it on their devices, and rank 0 exports the result."""
+from pathlib import Path
+
+from model.tiny import save_tiny_base
+from pipelines.annotations import load_annotations
+from pipelines.training_data import check_samples, open_versions
+from training.config import RUN_CONFIG, ConfigError, RunConfig, load, save, to_dict
+from training.data import DataOrder
+
+
+def check_resume(cfg: RunConfig, out: Path) -> None:
+    """A run resumed into the same --out and --name must build the same model, or its checkpoints cannot load."""
+    if not (out / RUN_CONFIG).exists() or not list((out / "ray" / cfg.name).glob("checkpoint_*")):
+        return
+    before = to_dict(load(out / RUN_CONFIG))["model"]
+    now = to_dict(cfg)["model"]
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"{out}: run {cfg.name!r} has checkpoints of another model (model.{', model.'.join(changed)} "
+                          f"differ from {out / RUN_CONFIG}); resume with the same model settings, or train into a "
+                          "new --out or --name")
+
+
+def fit(cfg: RunConfig) -> Path:
+    """Train on the Ray cluster this process is connected to (the caller initialises Ray: jobs/ray_runtime.py);
+    returns the exported final directory (`PaveLlava.from_pretrained` layout + the run config)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from training.loop import train_loop_per_worker
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    samples = load_annotations(cfg.data.annotations)
+    versions = open_versions(cfg.data.store, cfg.modalities, cfg.data.fingerprints)
+    check_samples(samples, versions, cfg.data.annotations)  # fail before any worker starts
+    DataOrder(len(samples), cfg.scale.workers, cfg.data.batch_size, cfg.data.seed)  # enough samples for one step
+    if cfg.model.tiny_base:  # saved under --out so that eval and resumed runs load the same one
+        texts = [text for s in samples for _, text in s.turns]
+        cfg.model.base = str(save_tiny_base(out / "base_model", texts, cfg.data.seed, versions["video"].schema.dim))
+        cfg.model.tiny_base = False
+    check_resume(cfg, out)
+    save(cfg, out)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": to_dict(cfg), "samples": samples, "versions": versions, "out": str(out),
+                           "run_dir": str(out / "ray" / cfg.name)},  # where RunConfig puts the checkpoints
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scale.workers, use_gpu=cfg.scale.gpus_per_worker > 0,
+            resources_per_worker={"CPU": cfg.scale.cpus_per_worker, "GPU": cfg.scale.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=str(out / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        ),
+    )
+    trainer.fit()
+    return out / "final"

@@ -1,0 +1,130 @@
+"""The training loop that Ray Train runs on every worker, over a Recipe: restore, step through the run's data order,
+report metrics every `checkpoint.report_every` steps and a checkpoint every `checkpoint.every`, and at the end export
+the final adapter (rank 0, on its own device) with the metrics and the loss curve.
+
+Each worker also logs its data order, one line per micro-batch (step, micro-batch number, epoch, position, sample
+ids), in RUN/data_order/rank<r>.jsonl: a resumed run first cuts the lines past the step it resumes from, so the file
+always tells exactly what each step was trained on.
+"""
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+from training.config import from_dict
+from training.recipe import Recipe
+
+METRICS = "metrics.jsonl"
+LOSS_CURVE = "loss_curve.png"
+
+
+class SampleLog:
+    """RUN/data_order/rank<r>.jsonl, kept consistent with the checkpoint a run resumes from."""
+
+    def __init__(self, run_dir: Path, rank: int, resumed_step: int):
+        self.path = run_dir / "data_order" / f"rank{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.exists():  # a line cut by a crash does not parse and goes too
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if entry["step"] <= resumed_step:
+                    kept.append(line + "\n")
+        self.path.write_text("".join(kept))
+
+    def write(self, step: int, micro: int, epoch: int, position: int, sample_ids: list[str]) -> None:
+        entry = {"step": step, "micro": micro, "epoch": epoch, "position": position, "ids": list(sample_ids)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def read_sample_log(run_dir: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "data_order" / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+def write_curves(history: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / METRICS).write_text("".join(json.dumps(m) + "\n" for m in history))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([m["step"] for m in history], [m["loss"] for m in history], marker="o")
+    ax.set(xlabel="step", ylabel="loss", title="training loss")
+    fig.tight_layout()
+    fig.savefig(out / LOSS_CURVE, dpi=100)
+    plt.close(fig)
+
+
+class Window:
+    """Metrics summed over the steps since the last report."""
+
+    def __init__(self):
+        self.loss, self.samples, self.tokens, self.wait_s, self.steps = 0.0, 0, 0, 0.0, 0
+        self.start = time.perf_counter()
+
+    def add(self, step_metrics: dict, wait_s: float) -> None:
+        self.loss += step_metrics["loss"]
+        self.samples += step_metrics["samples"]
+        self.tokens += step_metrics["tokens"]
+        self.wait_s += wait_s
+        self.steps += 1
+
+    def metrics(self, recipe: Recipe) -> dict:
+        elapsed = time.perf_counter() - self.start
+        metrics = {"step": recipe.state.step, "epoch": recipe.state.epoch, "loss": self.loss / self.steps,
+                   "lr": recipe.lr, "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed,
+                   "step_time_s": elapsed / self.steps, "data_wait_frac": self.wait_s / elapsed,
+                   "resumes": recipe.state.resumes}
+        if recipe.on_gpu:
+            metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(recipe.device) / 2**30
+        return metrics
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = from_dict(config["run"], "run config")
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    recipe = Recipe(cfg, config["samples"], config["versions"], ray.train.torch.get_device(), rank,
+                    context.get_world_size()).setup()
+    run_dir = Path(config["run_dir"])
+    recipe.restore(run_dir)
+    sample_log = SampleLog(run_dir, rank, recipe.state.step)
+    batches = recipe.batches()
+    window = Window()
+    while recipe.state.step < cfg.optim.steps:
+        started = time.perf_counter()
+        micro = [next(batches) for _ in range(cfg.optim.grad_accum)]
+        wait_s = time.perf_counter() - started
+        for number, batch in micro:
+            sample_log.write(recipe.state.step + 1, number, *recipe.order.locate(number), batch["sample_ids"])
+        window.add(recipe.step([batch for _, batch in micro]), wait_s)
+        step = recipe.state.step
+        save = step % cfg.checkpoint.every == 0 or step == cfg.optim.steps
+        if save or step % cfg.checkpoint.report_every == 0:
+            metrics = window.metrics(recipe)
+            recipe.state.history.append(metrics)
+            report(recipe, metrics, save)
+            window = Window()
+    batches.close()
+    recipe.export(Path(config["out"]) / "final")
+    if rank == 0:
+        write_curves(recipe.state.history, Path(config["out"]))
+
+
+def report(recipe: Recipe, metrics: dict, save: bool) -> None:
+    """Every worker reports (Ray Train requires it); with save, rank 0 also hands over the checkpoint it wrote."""
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe.save(Path(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if recipe.rank == 0 else None)

@@ -1,0 +1,75 @@
+"""The trained model of a run: the frozen base + one fresh patch per side channel + LoRA, as the module that DDP or
+FSDP wraps (TrainingLoss), and batches moved to its device."""
+import torch
+
+from model.llava import PaveLlava, lora_config
+from model.patch import PatchConfig, PavePatch
+from training.config import RunConfig
+
+
+def patch_config(cfg: RunConfig, side_dim: int, query_dim: int, llm_dim: int) -> PatchConfig:
+    d = cfg.model.patches.d_model
+    return PatchConfig(side_dim=side_dim, query_dim=query_dim, llm_dim=llm_dim, d_model=d,
+                       num_layers=cfg.model.patches.layers, ffn_dim=2 * d, out_hidden=2 * d)
+
+
+def build_model(cfg: RunConfig, dims: dict[str, int], dtype: torch.dtype, base=None) -> PaveLlava:
+    """Frozen base in `dtype` + one fresh patch per side channel (zero-init: a no-op at step 0) + fresh LoRA.
+    Trainable weights stay float32 whatever `dtype` is: they are the optimizer's master copy, since bf16 weights
+    would drop AdamW updates at lr 2e-5 (far below half a bf16 ulp of a typical weight); on GPU, TrainingLoss
+    computes in bf16. `base`: an HF model already built (e.g. on the meta device; default: loaded from
+    cfg.model.base in `dtype`)."""
+    torch.manual_seed(cfg.data.seed)
+    model = PaveLlava(base) if base is not None else PaveLlava.from_pretrained(cfg.model.base, dtype=dtype)
+    llm_dim = model.hf.config.text_config.hidden_size
+    for side in cfg.sides:
+        model.add_patch(side, PavePatch(patch_config(cfg, dims[side], dims["video"], llm_dim)))
+    if cfg.model.lora.enabled:
+        lora = cfg.model.lora
+        model.add_lora(lora_config(lora.r, lora.alpha, lora.dropout))
+    return model
+
+
+def build_skeleton(cfg: RunConfig, dims: dict[str, int]) -> PaveLlava:
+    """The run's model on the meta device: its shapes and parameter names, no weights and no memory."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    with torch.device("meta"):
+        base = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig.from_pretrained(cfg.model.base))
+        return build_model(cfg, dims, torch.bfloat16, base=base)
+
+
+class TrainingLoss(torch.nn.Module):
+    """`PaveLlava.loss` as a module's forward, so that DDP/FSDP hooks see every training step. With bf16=True it
+    runs under bf16 autocast: float32 trainable weights (LoRA, patches) compute in bf16 like the frozen base."""
+
+    def __init__(self, model: PaveLlava, bf16: bool = False):
+        super().__init__()
+        self.model = model
+        self.bf16 = bf16
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.loss(batch["input_ids"], batch["attention_mask"], batch["video"], batch["side"],
+                                   batch["labels"])
+
+
+def fsdp(module: TrainingLoss) -> TrainingLoss:
+    """FSDP (per-parameter sharding, torch.distributed.fsdp.fully_shard): one unit per LLM decoder layer, the rest
+    (embeddings, vision tower, projector, patches, lm_head) in the root unit. Unlike Ray's prepare_model (FSDP1) it
+    wraps a single worker too, so the 1-GPU run is the scaling baseline, and it does not flatten a unit's frozen
+    bf16 and trainable float32 weights into one tensor (FSDP1 requires one dtype per unit)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in module.model.hf.model.language_model.layers:
+        fully_shard(layer)
+    fully_shard(module)
+    return module
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    batch["input_ids"], batch["attention_mask"], batch["labels"] = (
+        batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels"))
+    batch["video"] = batch["video"].to(device)
+    batch["side"] = {name: side.to(device) for name, side in batch["side"].items()}
+    return batch

@@ -1,0 +1,171 @@
+"""One worker's training as a recipe: setup, step, save, load, restore, export. The loop over it (Ray Train's
+worker function) is training/loop.py; benchmarks time `Recipe.step` itself. Nothing here needs Ray: a Recipe runs in
+any process, distributed when torch.distributed is initialised (Ray Train does that for its workers).
+
+Checkpoints and the export are collective under FSDP (every rank gathers the full state dict); rank 0 writes.
+"""
+import logging
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+
+from featurestore import Version
+from model.collate import Collator
+from pipelines.annotations import Sample
+from training import checkpoint
+from training.checkpoint import TrainState
+from training.config import RunConfig, save
+from training.data import DataOrder, FeatureLoader
+from training.modeling import TrainingLoss, build_model, build_skeleton, fsdp, to_device
+
+log = logging.getLogger(__name__)
+# Checkpoints hold the trainable weights only. With cpu_offload the full state dict is gathered on rank 0 only
+# (it writes the files); every rank loads, non-strictly since frozen weights are absent (load checks the keys).
+TO_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+TRAINABLE_KEYS = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
+TO_LOAD = StateDictOptions(full_state_dict=True, strict=False)
+
+
+class Recipe:
+    def __init__(self, cfg: RunConfig, samples: list[Sample], versions: dict[str, Version], device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        self.cfg, self.samples, self.versions = cfg, samples, versions
+        self.device, self.rank, self.world_size = device, rank, world_size
+        self.dims = {m: v.schema.dim for m, v in versions.items()}
+        self.order = DataOrder(len(samples), world_size, cfg.data.batch_size, cfg.data.seed, cfg.data.shuffle)
+        self.state = TrainState()
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def setup(self) -> "Recipe":
+        cfg = self.cfg
+        dtype = torch.bfloat16 if self.on_gpu else torch.float32
+        self.model = build_model(cfg, self.dims, dtype)
+        checkpointing = cfg.model.gradient_checkpointing
+        if checkpointing if checkpointing is not None else self.on_gpu:
+            self.model.hf.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
+        if self.on_gpu:
+            torch.cuda.set_device(self.device)  # fully_shard and DDP place their buffers on the current device
+        module = TrainingLoss(self.model, bf16=self.on_gpu)
+        if cfg.scale.strategy == "fsdp":
+            self.module = fsdp(module)
+        else:
+            module.to(self.device)
+            distributed = torch.distributed.is_initialized() and self.world_size > 1
+            self.module = torch.nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device] if self.on_gpu else None) if distributed else module
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, math.ceil(cfg.optim.warmup_ratio * cfg.optim.steps), cfg.optim.steps)
+        dtypes = {m: v.schema.dtype for m, v in self.versions.items()}
+        self.collate = Collator(AutoTokenizer.from_pretrained(cfg.model.base), self.model.hf.config.video_token_id,
+                                tuple(cfg.sides), dtypes, dtype)
+        self.module.train()
+        return self
+
+    def batches(self):
+        """(micro-batch number, batch) of this worker from the state's data position on, in the run's DataOrder."""
+        loader = FeatureLoader(self.samples, self.versions, self.order, self.rank, self.collate,
+                               self.cfg.data.prefetch_batches)
+        return loader.iterate(self.state.micro)
+
+    def step(self, micro_batches: list[dict]) -> dict:
+        """One optimizer step over the given micro-batches (gradients reduced across workers on the last only);
+        returns the mean loss and the samples and tokens it saw."""
+        loss_sum, samples, tokens = 0.0, 0, 0
+        for k, batch in enumerate(micro_batches):
+            last = k == len(micro_batches) - 1
+            batch = to_device(batch, self.device)
+            with self._gradient_sync(last):
+                loss = self.module(batch)
+                (loss / len(micro_batches)).backward()
+            loss_sum += loss.item()
+            samples += len(batch["sample_ids"])
+            tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.micro += len(micro_batches)
+        self.state.epoch, self.state.position = self.order.locate(self.state.micro)
+        return {"loss": loss_sum / len(micro_batches), "samples": samples, "tokens": tokens}
+
+    def _gradient_sync(self, sync: bool):
+        if self.cfg.scale.strategy == "fsdp":  # fully_shard has no no_sync: reduce-scatter on the last micro only
+            self.module.set_requires_gradient_sync(sync)
+        elif not sync and isinstance(self.module, torch.nn.parallel.DistributedDataParallel):
+            return self.module.no_sync()
+        return nullcontext()
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def save(self, directory: Path) -> None:
+        """Write a checkpoint into `directory` (rank 0; every rank must call: the gather is collective)."""
+        weights = get_model_state_dict(self.module, options=TO_SAVE)
+        optimizer = get_optimizer_state_dict(self.module, self.optimizer, options=TO_SAVE)
+        if self.rank == 0:
+            checkpoint.write(Path(directory), weights, optimizer, self.scheduler.state_dict(), self.state)
+
+    def load(self, directory: Path) -> None:
+        """Weights, optimizer, scheduler and TrainState of an intact checkpoint; raises (loading nothing of it)
+        when a file is damaged or the weights are not this model's."""
+        weights, trainer = checkpoint.read(Path(directory))
+        expected = get_model_state_dict(self.module, options=TRAINABLE_KEYS).keys()
+        if weights.keys() != expected:
+            missing, unexpected = sorted(expected - weights.keys())[:5], sorted(weights.keys() - expected)[:5]
+            raise ValueError(f"{directory}: trainable weights do not match this model (missing {missing}, "
+                             f"unexpected {unexpected})")
+        set_model_state_dict(self.module, weights, options=TO_LOAD)
+        set_optimizer_state_dict(self.module, self.optimizer, trainer["optimizer"], options=TO_LOAD)
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        self.state = trainer["state"]
+
+    def restore(self, run_dir: Path) -> bool:
+        """Resume from the newest checkpoint of the run that is intact and loads (its resume count + 1); False on a
+        fresh start. A corrupt checkpoint is skipped with a warning, never half-loaded."""
+        found = checkpoint.candidates(Path(run_dir))
+        for directory in found:
+            try:
+                self.load(directory)
+            except Exception as err:  # any unreadable piece disqualifies the whole checkpoint
+                log.warning("checkpoint %s is unusable (%s: %s); trying an older one", directory,
+                            type(err).__name__, err)
+                continue
+            self.state.resumes += 1
+            log.info("resumed from %s at step %d (epoch %d, batch %d of %d)", directory, self.state.step,
+                     self.state.epoch, self.state.position, self.order.batches_per_epoch)
+            return True
+        if found:
+            raise RuntimeError(f"no usable checkpoint among those in {run_dir}; refusing to restart from scratch")
+        return False
+
+    def export(self, final: Path) -> None:
+        """The trained weights as a `PaveLlava.from_pretrained` directory (peft adapter + patches) with the run
+        config. Rank 0 writes it from the gathered state dict into a weightless copy of the model (meta device), so
+        DDP and FSDP runs export alike and no second base model is built. Every rank must call it."""
+        weights = get_model_state_dict(self.module, options=TO_SAVE)
+        if self.rank != 0:
+            return
+        skeleton = TrainingLoss(build_skeleton(self.cfg, self.dims))
+        skeleton.load_state_dict(weights, strict=False, assign=True)
+        if empty := [n for n, p in skeleton.named_parameters() if p.requires_grad and p.is_meta]:
+            raise RuntimeError(f"export: trainable weights missing from the gathered state: {empty[:5]}")
+        final.mkdir(parents=True, exist_ok=True)
+        skeleton.model.save_pretrained(final)
+        save(self.cfg, final)
