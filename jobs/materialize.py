@@ -62,7 +62,7 @@ def run(args) -> int:
     import json
 
     from jobs.ray_runtime import init_ray, output_path
-    from pipelines.materialize import MODALITIES, materialize
+    from pipelines.materialize import MODALITIES, Resources, Settings, materialize
     from pipelines.sources import read_items
 
     store = output_path(args.store, "--store", urls=True)

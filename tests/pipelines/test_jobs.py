@@ -119,3 +119,28 @@ def test_cli_exit_status_and_strict(broken_dir, tmp_path, ray_local, capsys):
     assert "FAILED video empty" in out and "zero-length file" in out
     assert main(args + ["--strict"]) == 1  # the rerun retries the empty file, which fails again
     assert FeatureStore(str(tmp_path / "store")).version("video").get("v0000").tokens.shape == (4, 16, 32)
+
+
+def test_an_error_inside_an_encoder_stops_the_job_instead_of_failing_items(corpus, tmp_path, ray_local, resources):
+    """Layer 9 of a 2-layer vision tower: the encoder raises IndexError on its first forward. That is our bug or the
+    encoder's, not the input's: the job stops with the error, and no item is recorded as failed."""
+    from pipelines.materialize import Settings
+
+    store_url = str(tmp_path / "store")
+    with pytest.raises(Exception, match="IndexError"):
+        materialize(read_items(str(corpus / "videos")), store_url, ["video"], settings=Settings(vision_layer=9),
+                    resources=resources)
+    index = FeatureStore(store_url).version("video").index(fresh=True)
+    assert not index.failed and not index.rows
+
+
+def test_a_modality_that_stores_nothing_fails_the_job_even_when_another_succeeds(corpus, tmp_path, ray_local,
+                                                                               resources):
+    summary = materialize(read_items(str(corpus / "videos")), str(tmp_path / "store"), ["video", "exo"],
+                          resources=resources)
+    assert summary.counts == {"video": {"ok": 8, "failed": 0, "skipped": 0},
+                              "exo": {"ok": 0, "failed": 0, "skipped": 8}}  # a directory lists no exo views
+    assert summary.exit_code() == 1
+    assert "NOTHING STORED for exo" in summary.table()
+    rerun = materialize(read_items(str(corpus / "videos")), str(tmp_path / "store"), ["video"], resources=resources)
+    assert rerun.counts["video"]["skipped"] == 8 and rerun.exit_code() == 0  # all done before: nothing to store
