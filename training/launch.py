@@ -35,6 +35,8 @@ def fit(cfg: RunConfig) -> Path:
     samples = load_annotations(cfg.data.annotations)
     versions = open_versions(cfg.data.store, cfg.modalities, cfg.data.fingerprints)
     check_samples(samples, versions, cfg.data.annotations)  # fail before any worker starts
+    # the store versions trained on, recorded in the saved config: eval and resumed runs read the same ones
+    cfg.data.fingerprints = {m: v.fingerprint.id for m, v in versions.items()}
     DataOrder(len(samples), cfg.scale.workers, cfg.data.batch_size, cfg.data.seed)  # enough samples for one step
     if cfg.model.tiny_base:  # saved under --out so that eval and resumed runs load the same one
         texts = [text for s in samples for _, text in s.turns]

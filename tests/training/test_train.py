@@ -50,6 +50,7 @@ def test_two_workers_learn_and_rank_0_exports_a_peft_adapter_with_the_run_config
     assert run == load(out / RUN_CONFIG)  # the resolved config, as the run directory holds it
     assert run.sides == ["audio"] and run.scale.workers == 2 and not run.model.tiny_base
     assert run.model.base == str(out / "base_model")  # the tiny base the flag asked for, now a plain base dir
+    assert set(run.data.fingerprints) == {"video", "audio"}  # the store versions it was trained on
     # The adapter is a plain peft adapter; the LoRA weights it carries are trained (LoRA B starts at zero).
     base = LlavaOnevisionForConditionalGeneration.from_pretrained(run.model.base)
     peft_model = PeftModel.from_pretrained(base, final / "lora")
@@ -133,6 +134,7 @@ def test_a_killed_run_resumes_the_exact_data_sequence(synthetic_store, ray_local
         assert resumed == expected
         assert [e["step"] for e in expected] == [s for s in range(1, 13) for _ in range(2)]  # 2 micro-batches each
         assert [(e["epoch"], e["position"]) for e in expected[:4]] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+        assert (expected[-1]["epoch"], expected[-1]["position"]) == (7, 2)  # 24 micro-batches at 3 per epoch
     # each epoch is a new permutation: the first two epochs differ in order
     epochs = [[i for e in expected if e["epoch"] == k for i in e["ids"]] for k in (0, 1)]
     assert epochs[0] != epochs[1]
