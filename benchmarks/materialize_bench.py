@@ -38,7 +38,7 @@ ENCODER = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num
 def reference(corpus: Path, out: Path, encoder_dir: str, frames: int) -> int:
     """The sequential script; returns the number of frames decoded."""
     torch.set_num_threads(1)
-    encoder = vision_encoder(encoder_dir, "half")
+    encoder = vision_encoder(encoder_dir, "full")  # the job's default main-video tokens
     size, decoded = encoder.size, 0
     out.mkdir(parents=True)
     for row in load_manifest(corpus):

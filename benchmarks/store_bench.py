@@ -3,12 +3,12 @@ with torch.load - the only way that layout can be read), on the same data, in on
 
 Cases: whole video (all frames), and a time range (--range-frames consecutive frames of --frames), each with a warm
 page cache and cold (the files evicted with posix_fadvise(DONTNEED) before every fetch; needs no root).
-Layouts: pt (reference), store (the featurestore API, zarr-python), and, when tensorstore is installed, "store/ts":
-the same store files read by tensorstore's zarr3 driver (row ranges from the store's index) - it shows what the
-format allows beyond zarr-python's per-chunk overhead. Prints a table and each layout's throughput ratio to pt.
+Layouts: pt (reference), store (the featurestore API: tensorstore reads local stores), and "store/zarr": the same
+store files read by zarr-python (what the API uses for fsspec URLs). Prints a table and each layout's throughput
+ratio to pt. Default video: 32 frames x 729 x 1152 (every SigLIP patch, as `pave materialize` stores it).
 
-    .venv/bin/python benchmarks/store_bench.py --videos 48 --fetches 64
-    .venv/bin/python benchmarks/store_bench.py --videos 8 --frames 256 --fetches 32   # long videos / dense steps
+    .venv/bin/python benchmarks/store_bench.py --videos 24 --fetches 48
+    .venv/bin/python benchmarks/store_bench.py --tokens 196 --videos 48 --fetches 64   # --video-tokens pooled
 """
 import argparse
 import os
@@ -50,22 +50,14 @@ def write_both(args, root: Path) -> tuple[FeatureStore, Path, dict]:
     return FeatureStore(store_dir), ref_dir, seconds
 
 
-def tensorstore_fetch(version):
-    """fetch(k, f0, f1) reading the store's files with tensorstore, or None when it is not installed."""
-    try:
-        import tensorstore as ts
-    except ImportError:
-        return None
-    arrays = {}
+def zarr_fetch(version):
+    """fetch(k, f0, f1) reading the store's files with zarr-python (row ranges from the store's index)."""
+    import zarr
 
     def fetch(k, f0, f1):
         part, r0, _ = version.index().rows[f"v{k:05d}"]
-        if part not in arrays:
-            path = f"{version.store.files.root}/{version.path}/parts/{part}/tokens"
-            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path},
-                    "context": {"cache_pool": {"total_bytes_limit": 0}}}  # no cache: read like the others
-            arrays[part] = ts.open(spec, read=True).result()
-        return torch.from_numpy(arrays[part][r0 + f0 : r0 + f1].read().result())
+        array = zarr.open_array(f"{version.store.files.root}/{version.path}/parts/{part}/tokens", mode="r")
+        return torch.from_numpy(array[r0 + f0 : r0 + f1])
 
     return fetch
 
@@ -96,12 +88,12 @@ def measure(layouts, plan, cold: bool) -> dict[str, tuple[float, float, int]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=int, default=48)
+    p.add_argument("--videos", type=int, default=24)
     p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--tokens", type=int, default=196)
+    p.add_argument("--tokens", type=int, default=729)
     p.add_argument("--dim", type=int, default=1152)
     p.add_argument("--fps", type=float, default=1.0)
-    p.add_argument("--fetches", type=int, default=64)
+    p.add_argument("--fetches", type=int, default=48)
     p.add_argument("--range-frames", type=int, default=4)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/pave_store_bench"))
     args = p.parse_args()
@@ -127,13 +119,12 @@ def main() -> None:
             return version.get(f"v{k:05d}").to_torch()
         return version.get_range(f"v{k:05d}", f0 / args.fps, (f1 - 1) / args.fps).to_torch()
 
-    layouts = [("pt", ref_fetch, ref_dir), ("store", store_fetch, Path(store.files.root))]
-    if (ts_fetch := tensorstore_fetch(version)) is not None:
-        layouts.append(("store/ts", ts_fetch, Path(store.files.root)))
+    layouts = [("pt", ref_fetch, ref_dir), ("store", store_fetch, Path(store.files.root)),
+               ("store/zarr", zarr_fetch(version), Path(store.files.root))]
     for item in (whole_plan[0], range_plan[0]):  # the same data every way; also opens the index, as a reader would
         for _, fetch, _ in layouts[1:]:
             assert torch.equal(ref_fetch(*item), fetch(*item))
-    print(f"{'case':28s} {'layout':8s} {'fetch/s':>8s} {'MiB/s':>8s} {'median ms':>10s}  vs pt")
+    print(f"{'case':28s} {'layout':10s} {'fetch/s':>8s} {'MiB/s':>8s} {'median ms':>10s}  vs pt")
     for case, plan in [("whole video", whole_plan), (f"range {args.range_frames}/{args.frames} frames", range_plan)]:
         for cache in ("warm", "cold"):
             results = measure(layouts, plan, cold=cache == "cold")
@@ -141,7 +132,7 @@ def main() -> None:
             for name, (total, median_ms, nbytes) in results.items():
                 rate = len(plan) / total
                 ratio = f"{rate / pt_rate:.2f}x" if name != "pt" else ""
-                print(f"{case + ', ' + cache:28s} {name:8s} {rate:8.1f} {nbytes / 2**20 / total:8.0f} "
+                print(f"{case + ', ' + cache:28s} {name:10s} {rate:8.1f} {nbytes / 2**20 / total:8.0f} "
                       f"{median_ms:10.2f}  {ratio}")
 
 

@@ -38,7 +38,7 @@ from training.config import RunConfig, from_dict, load, validate  # noqa: E402
 PEAK_FLOPS = 989e12
 QUESTION = "<video>\nWhat is the pitch of the tone in this video: low or high?"
 SHAPES = {  # frames, tokens per frame, video dim, audio dim, clip seconds (min, max), videos
-    "full": (32, 196, 1152, 1024, (60, 600), 64),
+    "full": (32, 729, 1152, 1024, (60, 600), 64),  # every SigLIP patch (27x27), as `pave materialize` stores it
     "tiny": (4, 4, 32, 16, (4, 8), 16),
 }
 

@@ -18,6 +18,9 @@ COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 # and object stores want range requests of a MiB or more anyway.
 SHARD_BYTES = 64 << 20
 CHUNK_BYTES = 1 << 20
+# Array attribute: every chunk was written, so a missing one is damage, not the fill value (parts written before
+# this attribute existed skipped all-zero chunks, as zarr does by default; they are read with zeros for those).
+COMPLETE_CHUNKS = "complete_chunks"
 
 
 def _pow2_at_most(n: float) -> int:
@@ -45,7 +48,8 @@ def create_part_arrays(group: zarr.Group, schema: TokenSchema, shard_rows: int) 
             shards=(shard_rows, *trailing),
             compressors=COMPRESSOR,
             fill_value=0,
-            attributes=_array_attrs(name, schema),
+            attributes={**_array_attrs(name, schema), COMPLETE_CHUNKS: True},
+            config={"write_empty_chunks": True},  # else an all-zero chunk is not written and looks like a lost one
         )
     return arrays
 

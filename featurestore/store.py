@@ -24,6 +24,7 @@ from . import claims
 from .features import Features
 from .files import Files
 from .layout import SHARD_BYTES
+from .reader import open_rows
 from .schema import NAME, Fingerprint, FeatureError, TokenSchema
 from .writer import PartWriter
 
@@ -237,7 +238,10 @@ class Version(_Cached):
         opened = self._part(part)
         span = slice(int(rows[0]), int(rows[-1]) + 1) if rows.size else slice(0, 0)
         keep = None if rows.size == span.stop - span.start else rows - span.start
-        arrays = {name: array[span] for name, array in opened["arrays"].items()}
+        try:
+            arrays = {name: rows(span) for name, rows in opened["arrays"].items()}
+        except FeatureError as err:
+            raise FeatureError(f"{self.path}: item {video_id!r}: {err}") from None
         if keep is not None:
             arrays = {name: values[keep] for name, values in arrays.items()}
         t_start, t_end = (t[rows] for t in opened["times"])
@@ -248,10 +252,11 @@ class Version(_Cached):
         """Arrays of a part, opened once; its t_start/t_end (16 bytes a row) are read whole and kept, so that a
         fetch reads only the tokens and extras it returns."""
         if part not in self._parts:
-            group = zarr.open_group(self.store.zarr_store, path=f"{self.path}/parts/{part}", mode="r")
+            path = f"{self.path}/parts/{part}"
+            group = zarr.open_group(self.store.zarr_store, path=path, mode="r")
             names = ["tokens", *self.schema.extras]
             self._parts[part] = {
-                "arrays": {name: group[name] for name in names},
+                "arrays": {name: open_rows(self.store.files, f"{path}/{name}", group[name]) for name in names},
                 "times": (group["t_start"][:], group["t_end"][:]),
             }
         return self._parts[part]

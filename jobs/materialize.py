@@ -28,6 +28,10 @@ def add_arguments(parser):
                         help=f"high frame rate sampling (default {settings.hfr_fps} fps)")
     parser.add_argument("--grid-3d", type=int, default=settings.grid_3d,
                         help=f"3D patches per side (default {settings.grid_3d})")
+    parser.add_argument("--video-tokens", default=settings.video_tokens, choices=["full", "pooled"],
+                        help=f"main video tokens: the full patch grid, projected then pooled by the model exactly as "
+                             f"HF does, or pre-pooled (3.7x smaller; the projector then sees pooled tokens, unlike "
+                             f"the pretrained model) (default {settings.video_tokens})")
     parser.add_argument("--dtype", default=settings.dtype, choices=["float16", "bfloat16", "float32"],
                         help=f"stored token dtype (default {settings.dtype})")
     parser.add_argument("--vision-layer", type=int,
@@ -71,8 +75,8 @@ def run(args) -> int:
     if unknown:
         raise SystemExit(f"pave materialize: unknown modalities {sorted(unknown)}; known: {','.join(MODALITIES)}")
     concurrency = tuple(int(n) for n in args.concurrency.split(","))
-    settings = Settings(frames=args.frames, hfr_fps=args.hfr_fps, grid_3d=args.grid_3d, dtype=args.dtype,
-                        vision_layer=args.vision_layer)
+    settings = Settings(frames=args.frames, video_tokens=args.video_tokens, hfr_fps=args.hfr_fps,
+                        grid_3d=args.grid_3d, dtype=args.dtype, vision_layer=args.vision_layer)
     resources = Resources(batch_size=args.batch_size, rows_per_forward=args.rows_per_forward,
                           concurrency=concurrency[0] if len(concurrency) == 1 else concurrency,
                           num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.llava import IGNORE_INDEX, expand_video_tokens, video_token_count
+from model.llava import IGNORE_INDEX, VideoLayout, expand_video_tokens
 from model.patch import SideBatch, VideoBatch
 
 VIDEO_PLACEHOLDER = "<video>"
@@ -28,6 +28,7 @@ def _rows(batch: dict) -> int:
 class Collator:
     tokenizer: object  # a transformers tokenizer with a chat template
     video_token_id: int
+    layout: VideoLayout  # the model's: how many LLM tokens a video of stored tokens becomes
     side_names: tuple[str, ...]
     modality_dtypes: dict[str, str]  # stored dtype per modality, "video" included
     compute_dtype: torch.dtype = torch.float32
@@ -88,7 +89,7 @@ class Collator:
         tokens_per_frame = video.features.shape[2]
         frames = video.mask.sum(1).tolist() if video.mask is not None else [video.features.shape[1]] * _rows(batch)
         encoded = [
-            self.encode(json.loads(turns), video_token_count(int(f), tokens_per_frame))
+            self.encode(json.loads(turns), self.layout.llm_tokens(int(f), tokens_per_frame))
             for turns, f in zip(batch["turns"], frames)
         ]
         length = max(len(ids) for ids, _ in encoded)

@@ -1,19 +1,26 @@
 """PAVE on transformers' LLaVA-OneVision: frozen base + PAVE patches (one per side channel) + optional peft LoRA.
 
-The video path runs on STORED features, never pixels. HF's LLaVA-OneVision computes
-    SigLIP(frames) [F, 729, 1152] -> projector -> 2x2 bilinear pool [F, 196, D] -> flatten + one image_newline
-whereas we pool BEFORE the projector: the feature store keeps the pooled pre-projector tokens [F, 196, 1152]
-(3.7x fewer tokens than the 729 per frame HF would need to re-project), and here
-    projector(features) + sum(patch outputs) -> flatten over frames -> + image_newline (one per video, as HF)
-is scattered into the input embeddings at the video placeholder tokens (config.video_token_id). The projector's
-first Linear commutes with the pooling but its GELU does not, so the video tokens differ slightly from HF's; the
-queries of the reference PAVE patch are the same pooled pre-projector tokens, and LoRA trains on top of them.
+The video path runs on STORED features, never pixels, and computes exactly what HF's
+`LlavaOnevisionModel.get_video_features` computes from pixels (as the official PAVE code does):
+    SigLIP layer features [F, 729, 1152] (stored) -> projector -> HF's 2x2 bilinear pooling (apply_pooling) [F, 196, D]
+    + sum(patch outputs)  (each patch's queries: the same pooling of the stored pre-projector features)
+    -> newline layout -> scattered into the input embeddings at the video placeholder tokens (config.video_token_id).
+Newline layouts: "grid" puts one image_newline after each row of each frame (196 + 14 = 210 tokens per frame: the
+official PAVE scripts' mm_newline_position=grid, which its checkpoints expect); "one" puts a single image_newline
+after the whole video (HF's get_video_features).
 
-Only public submodules of the HF model are used (multi_modal_projector, image_newline, language_model, lm_head,
-get_input_embeddings); the modelling file is not forked.
+A store may instead hold the pooled pre-projector tokens [F, 196, 1152] (`pave materialize --video-tokens pooled`,
+3.7x fewer bytes): then the projector runs on pooled tokens. Its GELU does not commute with pooling, so a frozen
+pretrained LLM then sees video tokens slightly unlike those it was trained on; the layout is told apart by the
+tokens per frame (27x27 vs 14x14 at 384 px) and recorded in the store version's fingerprint.
+
+Only public submodules and methods of the HF model are used (multi_modal_projector, apply_pooling, image_newline,
+language_model, lm_head, get_input_embeddings); the modelling file is not forked.
 """
 import json
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,9 +55,38 @@ def reference_config(preset: str) -> LlavaOnevisionConfig:
     )
 
 
-def video_token_count(num_frames: int, tokens_per_frame: int) -> int:
-    """Placeholder tokens a video occupies in the prompt: every frame's tokens plus one image_newline."""
-    return num_frames * tokens_per_frame + 1
+NEWLINES = ("grid", "one")
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """How stored main-video tokens become LLM tokens, for a vision tower with `grid` x `grid` patches per frame."""
+
+    grid: int  # 27 for SigLIP-so400m at 384 px / 14
+    newline: str = "grid"  # one of NEWLINES
+
+    def __post_init__(self):
+        if self.newline not in NEWLINES:
+            raise ValueError(f"newline layout {self.newline!r}: expected one of {', '.join(NEWLINES)}")
+
+    @property
+    def side(self) -> int:
+        """Pooled tokens per side of a frame (HF's 2x2 bilinear pooling: ceil(grid / 2))."""
+        return math.ceil(self.grid / 2)
+
+    def is_full(self, tokens_per_frame: int) -> bool:
+        """True for the full patch grid, False for pooled tokens; anything else is not this tower's."""
+        if tokens_per_frame in (self.grid**2, self.side**2):
+            return tokens_per_frame == self.grid**2
+        raise ValueError(f"{tokens_per_frame} video tokens per frame: neither this vision tower's full {self.grid}x"
+                         f"{self.grid} grid nor its {self.side}x{self.side} pooling (tokens of another encoder?)")
+
+    def llm_tokens(self, num_frames: int, tokens_per_frame: int) -> int:
+        """Placeholder tokens a video of `num_frames` stored frames occupies in the prompt."""
+        self.is_full(tokens_per_frame)
+        if self.newline == "grid":
+            return num_frames * self.side * (self.side + 1)
+        return num_frames * self.side**2 + 1
 
 
 def expand_video_tokens(input_ids: list[int], video_token_id: int, count: int) -> list[int]:
@@ -62,11 +98,14 @@ def expand_video_tokens(input_ids: list[int], video_token_id: int, count: int) -
 class PaveLlava(nn.Module):
     """Frozen LLaVA-OneVision + named PAVE patches (outputs summed) + optional LoRA on the LLM."""
 
-    def __init__(self, base: LlavaOnevisionForConditionalGeneration, patches: Mapping[str, PavePatch] | None = None):
+    def __init__(self, base: LlavaOnevisionForConditionalGeneration, patches: Mapping[str, PavePatch] | None = None,
+                 newline: str = "grid"):
         super().__init__()
         base.requires_grad_(False)
         self.llm: LlavaOnevisionForConditionalGeneration | PeftModel = base
         self.patches = nn.ModuleDict(patches or {})
+        vision = base.config.vision_config
+        self.layout = VideoLayout(vision.image_size // vision.patch_size, newline)
 
     @property
     def hf(self) -> LlavaOnevisionForConditionalGeneration:
@@ -82,24 +121,36 @@ class PaveLlava(nn.Module):
     def add_lora(self, config: LoraConfig | None = None) -> None:
         self.llm = get_peft_model(self.llm, config or lora_config())
 
+    def video_embeddings(self, video: VideoBatch, side: Mapping[str, SideBatch], dtype: torch.dtype) -> torch.Tensor:
+        """The LLM tokens of a batch's videos, in placeholder order: [total tokens, D] (padded frames dropped)."""
+        hf = self.hf
+        B, n_frames, Q, _ = video.features.shape
+        features = video.features.flatten(0, 1)  # [B*F, Q, Dv]
+        tokens = hf.model.multi_modal_projector(features.to(dtype))
+        if self.layout.is_full(Q):  # HF's order: projector, then pooling; the patch queries are pooled alike
+            tokens, features = hf.model.apply_pooling(tokens), hf.model.apply_pooling(features)
+        tokens = tokens.view(B, n_frames, -1, tokens.shape[-1])  # [B, F, P, D]
+        queries = VideoBatch(features.view(B, n_frames, *features.shape[1:]), video.times, video.mask)
+        for name, batch in side.items():
+            tokens = tokens + self.patches[name](queries, batch).to(tokens.dtype)
+        D, s = tokens.shape[-1], self.layout.side
+        newline = hf.model.image_newline.to(tokens.dtype)
+        frames = torch.ones(B, n_frames, dtype=torch.bool, device=tokens.device) if video.mask is None else (
+            video.mask.bool())
+        if self.layout.newline == "grid":  # a newline after each row of each frame
+            rows = torch.cat([tokens.view(B, n_frames, s, s, D), newline.expand(B, n_frames, s, 1, D)], dim=3)
+            return rows[frames].reshape(-1, D)
+        per_video = [torch.cat([tokens[b][frames[b]].reshape(-1, D), newline[None]]) for b in range(B)]
+        return torch.cat(per_video)  # one newline after each video
+
     def embed(self, input_ids: torch.Tensor, video: VideoBatch, side: Mapping[str, SideBatch] | None = None) -> torch.Tensor:
         """Input embeddings [B, T, D] with the (patched) video tokens at the video placeholder positions."""
-        hf = self.hf
         side = side or {}
         if unknown := set(side) - set(self.patches):
             raise KeyError(f"side inputs without a patch: {sorted(unknown)}")
-        embeds = hf.get_input_embeddings()(input_ids)
-        tokens = hf.model.multi_modal_projector(video.features.to(embeds.dtype))  # [B, F, Q, D]
-        for name, batch in side.items():
-            tokens = tokens + self.patches[name](video, batch).to(tokens.dtype)
-        B, n_frames, Q, D = tokens.shape
-        newline = hf.model.image_newline.to(tokens.dtype).expand(B, 1, D)
-        tokens = torch.cat([tokens.flatten(1, 2), newline], dim=1)  # [B, F*Q + 1, D]
-        if video.mask is not None:  # drop padded frames, keep the newline
-            keep = torch.cat([video.mask.bool().repeat_interleave(Q, dim=1), video.mask.new_ones(B, 1, dtype=torch.bool)], 1)
-            tokens = tokens[keep]
-        tokens = tokens.reshape(-1, D)
-        is_video = input_ids == hf.config.video_token_id
+        embeds = self.hf.get_input_embeddings()(input_ids)
+        tokens = self.video_embeddings(video, side, embeds.dtype)
+        is_video = input_ids == self.hf.config.video_token_id
         if int(is_video.sum()) != tokens.shape[0]:
             raise ValueError(f"{int(is_video.sum())} video placeholder tokens for {tokens.shape[0]} video tokens")
         return embeds.masked_scatter(is_video[..., None], tokens)
@@ -138,19 +189,22 @@ class PaveLlava(nn.Module):
             self.llm.save_pretrained(directory / "lora")
         for name, patch in self.patches.items():
             patch.save_pretrained(directory / "patches" / name)
-        (directory / "pave.json").write_text(json.dumps({"patches": list(self.patches)}, indent=2))
+        (directory / "pave.json").write_text(json.dumps({"patches": list(self.patches),
+                                                         "newline": self.layout.newline}, indent=2))
 
     @classmethod
     def from_pretrained(cls, base_dir, checkpoint_dir=None, dtype=None, trainable: bool = False,
-                        patches: list[str] | None = None) -> "PaveLlava":
-        """Rebuild from a local base model dir (+ a checkpoint written by `save_pretrained`; `patches` picks which
-        of its patches to load, default all). trainable=False: eval mode, everything frozen."""
+                        patches: list[str] | None = None, newline: str = "grid") -> "PaveLlava":
+        """Rebuild from a local base model dir (+ a checkpoint written by `save_pretrained`: its newline layout
+        wins over `newline`; `patches` picks which of its patches to load, default all). trainable=False: eval
+        mode, everything frozen."""
         base = LlavaOnevisionForConditionalGeneration.from_pretrained(base_dir, dtype=dtype)
-        model = cls(base)
+        saved = json.loads((Path(checkpoint_dir) / "pave.json").read_text()) if checkpoint_dir is not None else {}
+        # a checkpoint saved before the layout was recorded was trained with one newline per video
+        model = cls(base, newline=saved.get("newline", "one") if saved else newline)
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)
-            saved = json.loads((checkpoint_dir / "pave.json").read_text())["patches"]
-            for name in saved if patches is None else patches:
+            for name in saved["patches"] if patches is None else patches:
                 model.add_patch(name, PavePatch.from_pretrained(checkpoint_dir / "patches" / name, dtype=dtype))
             if (checkpoint_dir / "lora").exists():
                 model.llm = PeftModel.from_pretrained(base, checkpoint_dir / "lora", is_trainable=trainable)

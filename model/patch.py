@@ -39,7 +39,8 @@ class PatchConfig:
     num_layers: int = 2  # the reference uses 3 for Music-AVQA
     ffn_dim: int = 1024
     out_hidden: int = 1024
-    dropout: float = 0.1  # on the output MLP, before the zero-init LayerNorm (reference default)
+    dropout: float = 0.0  # on the output MLP, before the zero-init LayerNorm; every shipped official PAVE config
+    # trains with use_dropout=False (dragonlzm/PAVE scripts/*_train.sh), though its module's default is 0.1
     window: float | None = None  # half-width w in seconds; None: half the median frame spacing of each sample
 
 

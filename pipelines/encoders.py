@@ -63,15 +63,17 @@ def seeded(build, seed: int):
 
 class VisionTokens(nn.Module):
     """uint8 RGB frames [B, S, S, 3] -> patch features of one hidden layer of a vision tower, before any projector,
-    pooled on the patch grid: "half" = bilinear to ceil(g/2) per side (LLaVA-OneVision's 2x2 pooling, 27x27 ->
-    14x14 at 384 px), "2x2" = average to a 2x2 grid (4 tokens per frame, PAVE's high-frame-rate tokens)."""
+    on the patch grid: "full" = every patch (27x27 = 729 at 384 px: what LLaVA-OneVision's projector reads; the
+    model pools after projecting, as HF does), "half" = bilinear to ceil(g/2) per side (LLaVA-OneVision's 2x2
+    pooling, 27x27 -> 14x14, done here before any projector), "2x2" = average to a 2x2 grid (4 tokens per frame,
+    PAVE's high-frame-rate tokens)."""
 
     def __init__(self, tower: nn.Module, name: str, layer: int, select: str, pool: str, mean, std):
         super().__init__()
         self.tower, self.name, self.layer, self.select, self.pool = tower, name, layer, select, pool
         config = tower.config
         self.size, self.grid = config.image_size, config.image_size // config.patch_size
-        self.out_grid = math.ceil(self.grid / 2) if pool == "half" else 2
+        self.out_grid = {"full": self.grid, "half": math.ceil(self.grid / 2), "2x2": 2}[pool]
         self.tokens_per_step, self.dim = self.out_grid**2, config.hidden_size
         self.inputs = InputSpec((self.size, self.size, 3), "uint8", self.size)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -87,6 +89,8 @@ class VisionTokens(nn.Module):
         hidden = self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states[self.layer]
         if self.select == "default":  # LLaVA's "default" drops the first (CLS) token
             hidden = hidden[:, 1:]
+        if self.pool == "full":
+            return hidden
         b, _, d = hidden.shape
         grid = hidden.transpose(1, 2).reshape(b, d, self.grid, self.grid)
         if self.pool == "half":

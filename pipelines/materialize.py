@@ -12,7 +12,8 @@ For each modality, one Ray Data job over the item dataset (see sources.read_item
   returns one status row per item: ok | failed | skipped, with the reason.
 
 Modalities (what each row of the store holds):
-- video: `frames` frames uniform in time -> vision tower layer features, 2x2 bilinear pooled; t = frame pts.
+- video: `frames` frames uniform in time -> vision tower layer features, every patch (or, video_tokens="pooled",
+         2x2 bilinear pooled); t = frame pts.
 - hfr:   the frames on screen every 1/hfr_fps s -> vision tower features pooled to 2x2 (4 tokens); t = frame pts.
 - audio: 2 s windows every 1 s (pipelines/audio.py) -> one token each; [t_start, t_end] = the window's span.
 - exo:   `frames` frames of each exo view -> as video; t = view pts + the view's offset_s (the main timeline);
@@ -54,6 +55,7 @@ class Settings:
     """What the tokens are: every field is part of the fingerprint of the versions it produces."""
 
     frames: int = 32  # video and per exo view
+    video_tokens: str = "full"  # main video: "full" patch grid (the model projects, then pools, like HF) | "pooled"
     hfr_fps: float = 2.0
     grid_3d: int = 8  # 3d patches per side
     dtype: str = "float16"  # stored token dtype: float16 | bfloat16 | float32
@@ -178,8 +180,15 @@ def _vision(pool: str):
     return lambda path, s: vision_encoder(path, pool, s.vision_layer, s.seed)
 
 
+VIDEO_POOL = {"full": "full", "pooled": "half"}  # Settings.video_tokens -> VisionTokens pool
+
+
+def _main_video(path, settings: Settings):
+    return vision_encoder(path, VIDEO_POOL[settings.video_tokens], settings.vision_layer, settings.seed)
+
+
 MODALITIES = {
-    "video": Modality("video", _vision("half"), prepare_video, lambda s: {"frames": s.frames}, "frame"),
+    "video": Modality("video", _main_video, prepare_video, lambda s: {"frames": s.frames}, "frame"),
     "audio": Modality("audio", lambda path, s: audio_encoder(path, s.audio, s.seed), prepare_audio,
                       lambda s: s.audio.params(), "span"),
     "hfr": Modality("hfr", _vision("2x2"), prepare_hfr, lambda s: {"fps": s.hfr_fps}, "frame"),

@@ -65,6 +65,7 @@ class LoraConfig:
 class ModelConfig:
     base: Annotated[str, alias("--base-model")] = ""  # local LLaVA-OneVision directory (from_pretrained)
     tiny_base: Annotated[bool, alias("--tiny-base")] = False  # demo/tests: a tiny random base saved in OUT/base_model
+    newline: Literal["grid", "one"] = "grid"  # video newline layout: grid = official PAVE (its checkpoints), one = HF
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool | None = None  # None: on with GPUs

@@ -67,7 +67,7 @@ class Generate:
     """Ray Data callable class: one model per actor, on its GPU when Ray gave it one; a batch of feature rows in,
     one row per sample out (id, answer, prediction, worker)."""
 
-    def __init__(self, base_model: str, checkpoint: str, sides: list[str], dtypes: dict[str, str],
+    def __init__(self, base_model: str, checkpoint: str, newline: str, sides: list[str], dtypes: dict[str, str],
                  max_new_tokens: int):
         import torch
         from transformers import AutoTokenizer
@@ -77,10 +77,11 @@ class Generate:
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = PaveLlava.from_pretrained(base_model, checkpoint or None, dtype=dtype).to(self.device).eval()
+        self.model = PaveLlava.from_pretrained(base_model, checkpoint or None, dtype=dtype, newline=newline)
+        self.model = self.model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        self.collate = Collator(self.tokenizer, self.model.hf.config.video_token_id, tuple(sides), dtypes, dtype,
-                                for_generation=True)
+        self.collate = Collator(self.tokenizer, self.model.hf.config.video_token_id, self.model.layout, tuple(sides),
+                                dtypes, dtype, for_generation=True)
         self.max_new_tokens = max_new_tokens
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -109,7 +110,8 @@ def evaluate(request: EvalRequest) -> dict:
     generation = feature_dataset(samples, versions).map_batches(
         Generate, batch_size=request.batch_size, num_gpus=request.gpus_per_worker, num_cpus=request.cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=request.workers, max_tasks_in_flight_per_actor=1),
-        fn_constructor_kwargs=dict(base_model=request.base_model, checkpoint=request.checkpoint, sides=run.sides,
+        fn_constructor_kwargs=dict(base_model=request.base_model, checkpoint=request.checkpoint,
+                                   newline=run.model.newline, sides=run.sides,
                                    dtypes=modality_dtypes(versions), max_new_tokens=request.max_new_tokens),
     )
     # Batches of consecutive samples in file order, whatever the number of workers (a prediction can depend on the

@@ -20,7 +20,9 @@ def build_model(cfg: RunConfig, dims: dict[str, int], dtype: torch.dtype, base=N
     computes in bf16. `base`: an HF model already built (e.g. on the meta device; default: loaded from
     cfg.model.base in `dtype`)."""
     torch.manual_seed(cfg.data.seed)
-    model = PaveLlava(base) if base is not None else PaveLlava.from_pretrained(cfg.model.base, dtype=dtype)
+    newline = cfg.model.newline
+    model = PaveLlava(base, newline=newline) if base is not None else (
+        PaveLlava.from_pretrained(cfg.model.base, dtype=dtype, newline=newline))
     llm_dim = model.hf.config.text_config.hidden_size
     for side in cfg.sides:
         model.add_patch(side, PavePatch(patch_config(cfg, dims[side], dims["video"], llm_dim)))

@@ -72,7 +72,7 @@ class Recipe:
             self.optimizer, math.ceil(cfg.optim.warmup_ratio * cfg.optim.steps), cfg.optim.steps)
         dtypes = {m: v.schema.dtype for m, v in self.versions.items()}
         self.collate = Collator(AutoTokenizer.from_pretrained(cfg.model.base), self.model.hf.config.video_token_id,
-                                tuple(cfg.sides), dtypes, dtype)
+                                self.model.layout, tuple(cfg.sides), dtypes, dtype)
         self.module.train()
         return self
 

@@ -1,7 +1,7 @@
 """Random inputs for the model tests: videos, side channels, chat prompts with video placeholders."""
 import torch
 
-from model.llava import IGNORE_INDEX, expand_video_tokens, video_token_count
+from model.llava import IGNORE_INDEX, VideoLayout, expand_video_tokens
 from model.patch import PatchConfig, SideBatch, VideoBatch
 
 SMALL = PatchConfig(side_dim=12, query_dim=20, llm_dim=24, d_model=16, num_heads=2, ffn_dim=32, out_hidden=32)
@@ -29,14 +29,15 @@ def subset(v: VideoBatch, b: int) -> VideoBatch:
     return VideoBatch(v.features[b : b + 1, :n], v.times[b : b + 1, :n])
 
 
-def chat_batch(tokenizer, video_token_id: int, n_frames: list[int], Q: int, answers: list[str], pad_left=False):
+def chat_batch(tokenizer, video_token_id: int, n_frames: list[int], Q: int, answers: list[str], pad_left=False,
+               layout: VideoLayout = VideoLayout(grid=4)):
     """Tokenized user(<video> question) + assistant(answer) chats, labels on the answer tokens only, padded."""
     rows = []
     for n, answer in zip(n_frames, answers):
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": "<video>\nwhat sound is there?"}], add_generation_prompt=True
         )["input_ids"]
-        prompt = expand_video_tokens(prompt, video_token_id, video_token_count(n, Q))
+        prompt = expand_video_tokens(prompt, video_token_id, layout.llm_tokens(n, Q))
         reply = tokenizer(answer + "<|im_end|>")["input_ids"] if answer else []
         rows.append((prompt + reply, [IGNORE_INDEX] * len(prompt) + reply))
     T = max(len(ids) for ids, _ in rows)

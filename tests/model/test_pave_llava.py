@@ -14,7 +14,8 @@ import modeldata
 from model.llava import IGNORE_INDEX, PaveLlava
 from model.patch import PatchConfig, PavePatch, SideBatch, VideoBatch
 
-Q = 4  # tiny SigLIP: 4x4 patches per frame, 2x2 after pooling
+GRID, Q_SIDE = 4, 2  # tiny SigLIP: 4x4 patches per frame, 2x2 after pooling
+Q = Q_SIDE * Q_SIDE
 
 
 def load(tiny_dir):
@@ -32,8 +33,11 @@ def patch(base, side_dim=12, live=True, seed=0) -> PavePatch:
     return p
 
 
-def batch(tok, base, frames=(3, 2), answers=("a dog", "two loud beeps"), pad_left=False):
-    ids, am, labels = modeldata.chat_batch(tok, base.config.video_token_id, list(frames), Q, list(answers), pad_left)
+def batch(tok, base, frames=(3, 2), answers=("a dog", "two loud beeps"), pad_left=False, newline="grid"):
+    """A chat batch whose stored video tokens are pooled (Q per frame), with placeholders for `newline`."""
+    layout = PaveLlava(base, newline=newline).layout
+    ids, am, labels = modeldata.chat_batch(tok, base.config.video_token_id, list(frames), Q, list(answers), pad_left,
+                                           layout)
     video = modeldata.video(list(frames), Q, base.config.vision_config.hidden_size)
     return ids, am, labels, video
 
@@ -57,21 +61,69 @@ def test_zero_init_patches_leave_logits_bit_identical(tiny_dir):
         assert not torch.allclose(model(ids, am, video, sides()), plain)
 
 
-def test_video_tokens_land_where_hf_puts_them(tiny_dir):
-    """With a linear projector, pooling commutes with it: our stored-feature path must then reproduce HF's own
-    pixel path exactly (frame order, one image_newline per video, placeholder scatter)."""
+def stored_full_tokens(base, pixels: torch.Tensor) -> torch.Tensor:
+    """What the feature store holds for `pixels` [B, F, 3, S, S]: SigLIP hidden_states[vision_feature_layer] (not
+    last_hidden_state, which has the post-LayerNorm), every patch of the grid."""
+    B, n_frames = pixels.shape[:2]
+    hidden = base.model.vision_tower(pixels.flatten(0, 1), output_hidden_states=True).hidden_states
+    return hidden[base.config.vision_feature_layer].view(B, n_frames, GRID * GRID, -1)
+
+
+def test_input_embeddings_from_stored_tokens_equal_hfs_from_pixels(tiny_dir):
+    """Layout "one": projector, then HF's pooling, one image_newline per video, scattered at the placeholders:
+    exactly what HF's get_video_features + placeholder merge build from the same frames."""
     base, tok = load(tiny_dir)
-    base.model.multi_modal_projector.act = torch.nn.Identity()
-    ids, am, _, _ = batch(tok, base, frames=(3, 3))
+    ids, _, _, _ = batch(tok, base, frames=(3, 3), newline="one")
     pixels = torch.randn(2, 3, 3, 32, 32)
     with torch.no_grad():
-        hf = base(input_ids=ids, attention_mask=am, pixel_values_videos=pixels).logits
-        # what the feature store holds: SigLIP hidden_states[vision_feature_layer] (not last_hidden_state, which has
-        # the post-LayerNorm), 2x2 pooled
-        hidden = base.model.vision_tower(pixels.flatten(0, 1), output_hidden_states=True).hidden_states
-        stored = base.model.apply_pooling(hidden[base.config.vision_feature_layer]).view(2, 3, Q, -1)
-        ours = PaveLlava(base)(ids, am, VideoBatch(stored, torch.arange(3.0).repeat(2, 1)))
-    torch.testing.assert_close(ours, hf, atol=1e-5, rtol=1e-5)
+        features = base.model.get_video_features(pixels).pooler_output  # layer and select: the config's
+        embeds = base.get_input_embeddings()(ids)
+        is_video = base.model.get_placeholder_mask(ids, inputs_embeds=embeds, video_features=features)[1]
+        hf = embeds.masked_scatter(is_video, features)
+        video = VideoBatch(stored_full_tokens(base, pixels), torch.arange(3.0).repeat(2, 1))
+        ours = PaveLlava(base, newline="one").embed(ids, video)
+    torch.testing.assert_close(ours, hf, atol=1e-6, rtol=1e-6)
+
+
+def official_grid_order(tokens: torch.Tensor, newline: torch.Tensor) -> torch.Tensor:
+    """The official PAVE / LLaVA-NeXT `add_token_per_grid` order, built independently: pooled video tokens
+    [F, s*s, D] -> for each frame, for each row, its s tokens then one image_newline -> [F*s*(s+1), D]."""
+    n_frames, count, _ = tokens.shape
+    s = int(count**0.5)
+    out = []
+    for f in range(n_frames):
+        for row in range(s):
+            out += [tokens[f, row * s + col] for col in range(s)] + [newline]
+    return torch.stack(out)
+
+
+def test_grid_layout_is_the_official_token_order(tiny_dir):
+    base, tok = load(tiny_dir)
+    ids, _, _, _ = batch(tok, base, frames=(3, 2), newline="grid")  # two videos, the second one padded
+    video = modeldata.video([3, 2], GRID * GRID, base.config.vision_config.hidden_size)
+    with torch.no_grad():
+        ours = PaveLlava(base, newline="grid").embed(ids, video)
+        expected = []
+        for b, n in enumerate((3, 2)):
+            pooled = base.model.apply_pooling(base.model.multi_modal_projector(video.features[b, :n]))
+            expected.append(official_grid_order(pooled, base.model.image_newline))
+    is_video = ids == base.config.video_token_id
+    assert int(is_video[0].sum()) == 3 * Q_SIDE * (Q_SIDE + 1)  # 6 tokens per frame for the 2x2 pooled grid
+    torch.testing.assert_close(ours[is_video], torch.cat(expected), atol=1e-6, rtol=1e-6)
+
+
+def test_pooled_store_tokens_feed_the_projector_directly(tiny_dir):
+    """`--video-tokens pooled`: stored tokens already pooled before the projector (the older compact layout)."""
+    base, tok = load(tiny_dir)
+    ids, _, _, video = batch(tok, base, frames=(2, 2), newline="one")  # Q = 4: the 2x2 pooled grid
+    with torch.no_grad():
+        ours = PaveLlava(base, newline="one").embed(ids, video)
+        projected = base.model.multi_modal_projector(video.features)  # [B, F, 4, D]
+    is_video = ids == base.config.video_token_id
+    expected = [torch.cat([projected[b].flatten(0, 1), base.model.image_newline[None]]) for b in range(2)]
+    torch.testing.assert_close(ours[is_video], torch.cat(expected))
+    with pytest.raises(ValueError, match="5 video tokens per frame: neither"):
+        PaveLlava(base).embed(ids, VideoBatch(torch.zeros(2, 2, 5, 32), torch.zeros(2, 2)))
 
 
 def test_label_only_loss_equals_full_logits_cross_entropy(tiny_dir):
@@ -104,8 +156,8 @@ def test_batched_logits_equal_per_sample_with_fewer_frames(tiny_dir):
 
 def test_patches_compose_by_sum_and_are_removable(tiny_dir):
     base, tok = load(tiny_dir)
-    ids, _, _, video = batch(tok, base)
-    model = PaveLlava(base, {"audio": patch(base, seed=1), "exo": patch(base, side_dim=8, seed=2)}).eval()
+    ids, _, _, video = batch(tok, base, newline="one")
+    model = PaveLlava(base, {"audio": patch(base, seed=1), "exo": patch(base, side_dim=8, seed=2)}, newline="one").eval()
     s = sides()
     with torch.no_grad():
         none, audio = model.embed(ids, video), model.embed(ids, video, {"audio": s["audio"]})

@@ -118,7 +118,7 @@ def test_cli_exit_status_and_strict(broken_dir, tmp_path, ray_local, capsys):
     out = capsys.readouterr().out
     assert "FAILED video empty" in out and "zero-length file" in out
     assert main(args + ["--strict"]) == 1  # the rerun retries the empty file, which fails again
-    assert FeatureStore(str(tmp_path / "store")).version("video").get("v0000").tokens.shape == (4, 16, 32)
+    assert FeatureStore(str(tmp_path / "store")).version("video").get("v0000").tokens.shape == (4, 64, 32)
 
 
 def test_an_error_inside_an_encoder_stops_the_job_instead_of_failing_items(corpus, tmp_path, ray_local, resources):

@@ -31,7 +31,7 @@ def test_every_item_of_every_modality_is_stored(materialized, store):
         assert "untrained" in info.spec["encoder"] and len(info.spec["weights_digest"]) == 64
         assert info.spec["dtype"] == "float16" and info.spec["transform_version"] == f"{info.modality}/2"
     video = store.version("video")
-    assert (video.schema.tokens_per_step, video.schema.dim) == (16, 32)  # 8x8 patches of the tiny tower -> 4x4
+    assert (video.schema.tokens_per_step, video.schema.dim) == (64, 32)  # every patch of the tiny tower: 8x8
     assert video.fingerprint.spec["preprocessing"]["frames"] == 32
     assert store.version("audio").fingerprint.spec["preprocessing"]["target_length"] == 204
 
@@ -43,27 +43,26 @@ def test_video_rows_are_32_frames_at_pyav_times(corpus, store, video_id):
     times = frame_times(corpus / truth["path"])
     np.testing.assert_array_equal(times, truth["pts"])
     rows = store.version("video").get(video_id)
-    assert rows.tokens.shape == (32, 16, 32) and rows.tokens.dtype == np.float16
+    assert rows.tokens.shape == (32, 64, 32) and rows.tokens.dtype == np.float16
     np.testing.assert_array_equal(rows.t_start, rows.t_end)
     # Each stored time is exactly a decoded frame's time: the frame on screen at 32 uniform times.
     on_screen = np.searchsorted(times, np.linspace(times[0], times[-1], 32) + 1e-9, side="right") - 1
     np.testing.assert_array_equal(rows.t_start, times[on_screen])
 
 
-def test_video_tokens_are_pooled_tower_features_of_those_frames(corpus, store):
+def test_video_tokens_are_the_towers_features_of_those_frames_on_the_full_grid(corpus, store):
     """Recomputed here from a plain full decode (PIL-free: swscale resize as the job does) and the tower's own
-    hidden states, pooled with torch's bilinear interpolate to ceil(8/2) = 4 per side."""
+    hidden states: every patch of the 8x8 grid, unpooled (the model projects, then pools, as HF does)."""
     rows = store.version("video").get("v0002")
-    tower = vision_encoder(None, "half").tower
+    tower = vision_encoder(None, "full").tower
     with av.open(str(corpus / "videos" / "v0002.mp4")) as container:
         frames = {f.time: f.to_ndarray(format="rgb24", width=64, height=64, interpolation="BICUBIC")
                   for f in container.decode(video=0)}
     pixels = torch.from_numpy(np.stack([frames[t] for t in rows.t_start])).permute(0, 3, 1, 2) / 255.0
     with torch.no_grad():
         hidden = tower(pixel_values=(pixels - 0.5) / 0.5, output_hidden_states=True).hidden_states[-1]
-    grid = hidden.reshape(32, 8, 8, 32).permute(0, 3, 1, 2)
-    pooled = torch.nn.functional.interpolate(grid, size=(4, 4), mode="bilinear").permute(0, 2, 3, 1)
-    np.testing.assert_allclose(rows.tokens.astype(np.float32), pooled.reshape(32, 16, 32).numpy(), atol=2e-3)
+    np.testing.assert_allclose(rows.tokens.astype(np.float32), hidden.numpy(), atol=2e-3)
+    assert rows.tokens.shape == (32, 64, 32)
 
 
 @pytest.mark.parametrize("video_id", ["v0002", "v0003", "v0006"])

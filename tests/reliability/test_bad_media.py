@@ -72,7 +72,7 @@ def test_a_failure_row_names_the_item_and_the_reason(job, media_dir, case, modal
 
 @pytest.fixture(scope="module")
 def encoders():
-    return vision_encoder(None, "half", seed=SETTINGS.seed), audio_encoder(None, SETTINGS.audio, SETTINGS.seed)
+    return vision_encoder(None, "full", seed=SETTINGS.seed), audio_encoder(None, SETTINGS.audio, SETTINGS.seed)
 
 
 def decode_upright(path, rotation: int, size: int) -> tuple[np.ndarray, np.ndarray]:
