@@ -142,7 +142,7 @@ def step(args) -> None:
     from training.modeling import to_device
     from training.recipe import Recipe
 
-    cfg = bench_config(args.dir, max(args.batch), args.gradient_checkpointing)
+    cfg = bench_config(args.dir, max(args.batch), args.checkpointing, args.compile)
     samples, versions = dataset(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipe = Recipe(cfg, samples, versions, device).setup()
@@ -163,7 +163,8 @@ def step(args) -> None:
         tokens_per_s = tokens / (ms / 1000)
         print_record({
             "bench": "train_step", "device": device_name, "base": recipe.model.hf.config.text_config.hidden_size,
-            "batch": batch_size, "seq_len": tokens / batch_size, "gradient_checkpointing": args.gradient_checkpointing,
+            "batch": batch_size, "seq_len": tokens / batch_size, "checkpointing": args.checkpointing,
+            "checkpointed_layers": len(recipe.checkpointed), "compile": args.compile,
             "step_ms": round(ms, 1), "tokens_per_s": round(tokens_per_s),
             "samples_per_s": round(batch_size / (ms / 1000), 2),
             "mfu": mfu(dense * tokens_per_s), "mfu_attn": mfu(with_attn * tokens_per_s),
@@ -189,10 +190,10 @@ def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
     return statistics.median(times), peak
 
 
-def bench_config(directory: Path, batch_size: int, gradient_checkpointing: bool) -> RunConfig:
+def bench_config(directory: Path, batch_size: int, checkpointing: str, compile_layers: bool | None) -> RunConfig:
     data = {"store": str(directory / "store"), "annotations": str(directory / "annotations.json"),
             "batch_size": batch_size}
-    model = {"base": str(directory / "base"), "gradient_checkpointing": gradient_checkpointing}
+    model = {"base": str(directory / "base"), "activation_checkpointing": checkpointing, "compile": compile_layers}
     return validate(from_dict({"data": data, "model": model, "out": str(directory / "run")}, "train_bench"))
 
 
@@ -243,7 +244,9 @@ def main(argv=None):
     st.add_argument("--batch", type=int, nargs="+", default=[1])
     st.add_argument("--iters", type=int, default=10)
     st.add_argument("--warmup", type=int, default=3)
-    st.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    st.add_argument("--checkpointing", default="auto", help="activation checkpointing: auto, none, full or N layers")
+    st.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile each decoder layer (default: with a GPU)")
     rep = sub.add_parser("report", help="steady-state throughput, MFU and data wait of `pave train` runs")
     rep.add_argument("runs", type=Path, nargs="+")
     rep.add_argument("--skip", type=int, default=1, help="warm-up windows left out of the means")

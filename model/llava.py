@@ -157,7 +157,9 @@ class PaveLlava(nn.Module):
 
     def hidden_states(self, input_ids, attention_mask, video, side=None) -> torch.Tensor:
         embeds = self.embed(input_ids, video, side)
-        return self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        # no KV cache in training: a checkpointed layer that recomputes would append its keys to it a second time
+        return self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                            use_cache=False).last_hidden_state
 
     def forward(self, input_ids, attention_mask, video: VideoBatch, side: Mapping[str, SideBatch] | None = None):
         """Full logits [B, T, vocab] (eval / tests; training uses `loss`)."""

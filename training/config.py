@@ -68,7 +68,10 @@ class ModelConfig:
     newline: Literal["grid", "one"] = "grid"  # video newline layout: grid = official PAVE (its checkpoints), one = HF
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    gradient_checkpointing: bool | None = None  # None: on with GPUs
+    # decoder layers that recompute their activations in backward: "auto" (as few as the GPU's free memory allows
+    # for the run's longest batch; none on CPU), "none", "full", or a number of layers (spread evenly)
+    activation_checkpointing: str = "auto"
+    compile: bool | None = None  # torch.compile each LLM decoder layer (regional); None: on with GPUs
 
 
 @with_config(STRICT)
@@ -166,6 +169,10 @@ def validate(cfg: RunConfig) -> RunConfig:
                         "--model.lora.dropout": cfg.model.lora.dropout}.items():
         if not 0 <= value < 1:
             raise ConfigError(f"{flag} must be in [0, 1), got {value}")
+    checkpointing = cfg.model.activation_checkpointing
+    if checkpointing not in ("auto", "none", "full") and not (checkpointing.isdigit()):
+        raise ConfigError(f"--model.activation-checkpointing {checkpointing}: expected auto, none, full or a number "
+                          "of layers")
     if cfg.scale.gpus_per_worker < 0 or cfg.scale.cpus_per_worker < 0:
         raise ConfigError("--scale.gpus-per-worker and --scale.cpus-per-worker cannot be negative")
     if "video" in cfg.sides or len(set(cfg.sides)) != len(cfg.sides):

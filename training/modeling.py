@@ -1,10 +1,22 @@
 """The trained model of a run: the frozen base + one fresh patch per side channel + LoRA, as the module that DDP or
-FSDP wraps (TrainingLoss), and batches moved to its device."""
+FSDP wraps (TrainingLoss); how much of it recomputes activations and which parts are compiled; batches moved to its
+device."""
+import logging
+import math
+from functools import partial
+
 import torch
 
 from model.llava import PaveLlava, lora_config
 from model.patch import PatchConfig, PavePatch
 from training.config import RunConfig
+
+log = logging.getLogger(__name__)
+# Activation memory of one decoder layer per token without checkpointing, in units of (hidden + intermediate) bf16
+# elements' bytes: 16.5 fits the 7B anchor (../shared/anchors/llm_lora_levers.py, LoRA r64 + dropout on every
+# projection: 77 GiB at 6,332 tokens, 15.5 GiB of it weights); rounded up for the patches' and embeddings' share.
+ACTIVATION_BYTES_PER_UNIT = 18
+MEMORY_HEADROOM = 0.85  # of the free memory: allocator fragmentation, logits, the collective buffers
 
 
 def patch_config(cfg: RunConfig, side_dim: int, query_dim: int, llm_dim: int) -> PatchConfig:
@@ -67,6 +79,45 @@ def fsdp(module: TrainingLoss) -> TrainingLoss:
         fully_shard(layer)
     fully_shard(module)
     return module
+
+
+def checkpointed_layer_count(setting: str, text_config, tokens: int, free_bytes: int | None,
+                             optimizer_bytes: int) -> int:
+    """How many LLM decoder layers recompute their activations. "auto": the fewest for which the layers that keep
+    theirs fit in MEMORY_HEADROOM of `free_bytes` (after the model is on the device) less the optimizer state,
+    for a micro-batch of `tokens` tokens; none without a GPU (free_bytes None: host memory is not the limit)."""
+    layers = text_config.num_hidden_layers
+    if setting != "auto":
+        return {"none": 0, "full": layers}.get(setting) if setting in ("none", "full") else min(int(setting), layers)
+    if free_bytes is None:
+        return 0
+    per_layer = ACTIVATION_BYTES_PER_UNIT * (text_config.hidden_size + text_config.intermediate_size) * tokens
+    budget = MEMORY_HEADROOM * free_bytes - optimizer_bytes
+    return min(layers, max(0, math.ceil(layers - budget / per_layer)))
+
+
+def apply_checkpointing(model: PaveLlava, count: int) -> list[int]:
+    """Wrap `count` decoder layers, spread evenly over the depth, in non-reentrant activation checkpointing
+    (torch.distributed's checkpoint_wrapper: it composes with DDP, FSDP and compile); returns their indices."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
+                                                                             apply_activation_checkpointing,
+                                                                             checkpoint_wrapper)
+
+    layers = list(model.hf.model.language_model.layers)
+    chosen = sorted({round(i * len(layers) / count) for i in range(count)}) if count else []
+    wrapped = {id(layers[i]) for i in chosen}
+    apply_activation_checkpointing(
+        model.hf.model.language_model, check_fn=lambda module: id(module) in wrapped,
+        checkpoint_wrapper_fn=partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+    return chosen
+
+
+def compile_layers(model: PaveLlava) -> None:
+    """torch.compile each LLM decoder layer in place (regional compilation: one compiled graph serves every layer,
+    shapes become dynamic after the first length change); recompilations are logged."""
+    torch._logging.set_logs(recompiles=True)
+    for layer in model.hf.model.language_model.layers:
+        layer.compile()
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -26,7 +26,8 @@ from training import checkpoint
 from training.checkpoint import TrainState
 from training.config import RunConfig, save
 from training.data import DataOrder, FeatureLoader
-from training.modeling import TrainingLoss, build_model, build_skeleton, fsdp, to_device
+from training.modeling import (TrainingLoss, apply_checkpointing, build_model, build_skeleton, checkpointed_layer_count,
+                               compile_layers, fsdp, to_device)
 
 log = logging.getLogger(__name__)
 # Checkpoints hold the trainable weights only. With cpu_offload the full state dict is gathered on rank 0 only
@@ -53,11 +54,15 @@ class Recipe:
         cfg = self.cfg
         dtype = torch.bfloat16 if self.on_gpu else torch.float32
         self.model = build_model(cfg, self.dims, dtype)
-        checkpointing = cfg.model.gradient_checkpointing
-        if checkpointing if checkpointing is not None else self.on_gpu:
-            self.model.hf.model.language_model.gradient_checkpointing_enable({"use_reentrant": False})
+        dtypes = {m: v.schema.dtype for m, v in self.versions.items()}
+        self.collate = Collator(AutoTokenizer.from_pretrained(cfg.model.base), self.model.hf.config.video_token_id,
+                                self.model.layout, tuple(cfg.sides), dtypes, dtype)
         if self.on_gpu:
             torch.cuda.set_device(self.device)  # fully_shard and DDP place their buffers on the current device
+            self.model.to(self.device)
+        self.checkpointed = self._checkpoint_activations()
+        if cfg.model.compile if cfg.model.compile is not None else self.on_gpu:
+            compile_layers(self.model)
         module = TrainingLoss(self.model, bf16=self.on_gpu)
         if cfg.scale.strategy == "fsdp":
             self.module = fsdp(module)
@@ -70,17 +75,32 @@ class Recipe:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, math.ceil(cfg.optim.warmup_ratio * cfg.optim.steps), cfg.optim.steps)
-        dtypes = {m: v.schema.dtype for m, v in self.versions.items()}
-        self.collate = Collator(AutoTokenizer.from_pretrained(cfg.model.base), self.model.hf.config.video_token_id,
-                                self.model.layout, tuple(cfg.sides), dtypes, dtype)
         self.module.train()
         return self
 
+    def _checkpoint_activations(self) -> list[int]:
+        """Wrap as few decoder layers in activation checkpointing as the run config and the GPU's free memory allow
+        for the longest micro-batch expected (this worker's first, plus 25% for longer prompts and videos)."""
+        setting = self.cfg.model.activation_checkpointing
+        auto_on_gpu = setting == "auto" and self.on_gpu
+        tokens = int(1.25 * self.loader().load(0)["attention_mask"].sum()) if auto_on_gpu else 0
+        free = torch.cuda.mem_get_info(self.device)[0] if self.on_gpu else None
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        text = self.model.hf.config.text_config
+        count = checkpointed_layer_count(setting, text, tokens, free, optimizer_bytes=12 * trainable)  # grad + Adam
+        chosen = apply_checkpointing(self.model, count)
+        log.info("activation checkpointing (%s): %d of %d decoder layers %s, for micro-batches up to %d tokens with "
+                 "%s GiB free", setting, count, text.num_hidden_layers, chosen, tokens,
+                 "-" if free is None else f"{free / 2**30:.1f}")
+        return chosen
+
+    def loader(self) -> FeatureLoader:
+        return FeatureLoader(self.samples, self.versions, self.order, self.rank, self.collate,
+                             self.cfg.data.prefetch_batches)
+
     def batches(self):
         """(micro-batch number, batch) of this worker from the state's data position on, in the run's DataOrder."""
-        loader = FeatureLoader(self.samples, self.versions, self.order, self.rank, self.collate,
-                               self.cfg.data.prefetch_batches)
-        return loader.iterate(self.state.micro)
+        return self.loader().iterate(self.state.micro)
 
     def step(self, micro_batches: list[dict]) -> dict:
         """One optimizer step over the given micro-batches (gradients reduced across workers on the last only);

@@ -86,7 +86,7 @@ def test_fsdp_two_workers_train(synthetic_store, ray_local, tmp_path):
     weights into the same adapter layout."""
     store, annotations = synthetic_store
     final = fit(config(store, annotations, tmp_path / "run", "--scale.strategy", "fsdp",
-                       "--model.gradient-checkpointing", "True", "--grad-accum", "2"))
+                       "--model.activation-checkpointing", "full", "--grad-accum", "2"))
     losses = [m["loss"] for m in history(tmp_path / "run")]
     assert losses[-1] < losses[0] - 0.5, losses
     assert load(final).scale.strategy == "fsdp"

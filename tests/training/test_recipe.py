@@ -1,0 +1,65 @@
+"""The recipe in one process (no Ray): activation checkpointing and per-layer compilation change speed and memory,
+never the loss or the gradients; how many layers "auto" checkpoints follows the memory it has."""
+import pytest
+import torch
+from transformers import Qwen2Config
+
+from model.tiny import save_tiny_base
+from pipelines.annotations import load_annotations
+from pipelines.training_data import open_versions
+from training.config import parse
+from training.modeling import checkpointed_layer_count
+from training.recipe import Recipe
+
+QWEN2_7B = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28)
+GIB = 2**30
+
+
+def test_auto_checkpoints_only_the_layers_that_do_not_fit():
+    tokens, optimizer = 6332, 12 * 170_000_000  # a 7B step: 32 frames x 197 tokens; LoRA r64 + one patch
+    assert checkpointed_layer_count("auto", QWEN2_7B, tokens, free_bytes=120 * GIB, optimizer_bytes=optimizer) == 0
+    some = checkpointed_layer_count("auto", QWEN2_7B, tokens, free_bytes=40 * GIB, optimizer_bytes=optimizer)
+    assert 0 < some < 28
+    more = checkpointed_layer_count("auto", QWEN2_7B, 4 * tokens, 40 * GIB, optimizer)  # B=4: 4x the activations
+    assert some < more < 28
+    assert checkpointed_layer_count("auto", QWEN2_7B, 4 * tokens, 8 * GIB, optimizer) == 28
+    assert checkpointed_layer_count("auto", QWEN2_7B, tokens, free_bytes=None, optimizer_bytes=0) == 0  # CPU
+    assert [checkpointed_layer_count(s, QWEN2_7B, 0, None, 0) for s in ("none", "full", "7", "99")] == [0, 28, 7, 28]
+
+
+@pytest.fixture(scope="module")
+def inputs(synthetic_store, tmp_path_factory):
+    store, annotations = synthetic_store
+    samples = load_annotations(annotations)
+    base = save_tiny_base(tmp_path_factory.mktemp("base"), [t for s in samples for _, t in s.turns], video_dim=32)
+    return store, annotations, base, samples
+
+
+def step_once(inputs, *flags) -> tuple[float, dict[str, torch.Tensor], list[int]]:
+    store, annotations, base, samples = inputs
+    cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
+                 str(base), "--batch-size", "3", "--patch-d-model", "32", "--lora-r", "8", "--lr", "1e-2",
+                 "--model.lora.dropout", "0", *flags])
+    recipe = Recipe(cfg, samples, open_versions(store, cfg.modalities), torch.device("cpu")).setup()
+    (_, batch), = [next(recipe.batches())]
+    live = recipe.model.patches["audio"].out[-1]  # a live patch, so its gradients reach the query and side paths
+    torch.nn.init.normal_(live.weight, std=0.1)
+    loss = recipe.module(batch)
+    loss.backward()
+    grads = {n.replace("._checkpoint_wrapped_module", ""): p.grad.clone()  # the wrapper's name, not a new weight
+             for n, p in recipe.module.named_parameters() if p.grad is not None}
+    return loss.item(), grads, recipe.checkpointed
+
+
+def test_checkpointing_and_compilation_leave_loss_and_gradients_unchanged(inputs):
+    eager_loss, eager_grads, none = step_once(inputs, "--model.activation-checkpointing", "none",
+                                              "--model.compile", "False")
+    assert none == [] and len(eager_grads) > 10
+    for flags in (["--model.activation-checkpointing", "full", "--model.compile", "False"],
+                  ["--model.activation-checkpointing", "1", "--model.compile", "True"]):
+        loss, grads, checkpointed = step_once(inputs, *flags)
+        assert checkpointed == ([0, 1] if "full" in flags else [0])
+        assert loss == pytest.approx(eager_loss, rel=1e-5)
+        assert grads.keys() == eager_grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, eager_grads[name], atol=1e-5, rtol=1e-4, msg=name)
