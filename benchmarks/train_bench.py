@@ -95,7 +95,8 @@ def prepare(args) -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if not (args.dir / "annotations.json").exists():
-        write_store(args.dir, SHAPES["tiny" if args.tiny else "full"], args.seed)
+        shapes = SHAPES["tiny" if args.tiny else "full"]
+        write_store(args.dir, (*shapes[:-1], args.videos or shapes[-1]), args.seed)
     print(f"store + annotations: {time.perf_counter() - started:.0f} s")
     started = time.perf_counter()
     if not (args.dir / "base" / "config.json").exists():
@@ -238,6 +239,7 @@ def main(argv=None):
     prep.add_argument("dir", type=Path)
     prep.add_argument("--preset", choices=["0.5b", "7b"], default="7b")
     prep.add_argument("--tiny", action="store_true", help="tiny model and tokens (CPU smoke test)")
+    prep.add_argument("--videos", type=int, help="videos in the store (default: the shape's, 64 / 16)")
     prep.add_argument("--seed", type=int, default=0)
     st = sub.add_parser("step", help="time model-only training steps on batches from DIR")
     st.add_argument("dir", type=Path)

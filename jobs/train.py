@@ -17,7 +17,15 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         cfg = parse(argv)
+        # absolute paths: Ray Train workers do not run in this directory
         cfg.out = output_path(cfg.out, "--out")
+        cfg.data.store = output_path(cfg.data.store, "--store", urls=True)
+        cfg.data.annotations = output_path(cfg.data.annotations, "--annotations")
+        if cfg.model.base:
+            cfg.model.base = output_path(cfg.model.base, "--base-model")
+            if not (Path(cfg.model.base) / "config.json").exists():
+                raise ConfigError(f"--base-model {cfg.model.base}: no config.json there; expected a local "
+                                  "LLaVA-OneVision directory (save_pretrained layout)")
         init_ray()
         final = fit(cfg)
     except (ConfigError, AnnotationError, DataOrderError, FeatureError) as err:  # bad input: one clear line

@@ -128,7 +128,8 @@ class PaveLlava(nn.Module):
         features = video.features.flatten(0, 1)  # [B*F, Q, Dv]
         tokens = hf.model.multi_modal_projector(features.to(dtype))
         if self.layout.is_full(Q):  # HF's order: projector, then pooling; the patch queries are pooled alike
-            tokens, features = hf.model.apply_pooling(tokens), hf.model.apply_pooling(features)
+            # (autocast runs the bilinear interpolation in float32: back to the embeddings' dtype)
+            tokens, features = hf.model.apply_pooling(tokens).to(dtype), hf.model.apply_pooling(features)
         tokens = tokens.view(B, n_frames, -1, tokens.shape[-1])  # [B, F, P, D]
         queries = VideoBatch(features.view(B, n_frames, *features.shape[1:]), video.times, video.mask)
         for name, batch in side.items():

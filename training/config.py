@@ -90,7 +90,7 @@ class OptimConfig:
 class ScaleConfig:
     workers: Annotated[int, alias("--workers")] = 1
     gpus_per_worker: Annotated[float, alias("--gpus-per-worker")] = 0.0
-    cpus_per_worker: float = 0.5  # fractional: the loaders need CPUs beside the workers (DESIGN pitfalls)
+    cpus_per_worker: Annotated[float, alias("--cpus-per-worker")] = 0.5  # fractional: the loaders need CPUs beside the workers (DESIGN pitfalls)
     strategy: Annotated[Literal["ddp", "fsdp"], alias("--strategy")] = "ddp"
 
 

@@ -41,6 +41,8 @@ class Recipe:
     def __init__(self, cfg: RunConfig, samples: list[Sample], versions: dict[str, Version], device: torch.device,
                  rank: int = 0, world_size: int = 1):
         self.cfg, self.samples, self.versions = cfg, samples, versions
+        if device.type == "cuda" and device.index is None:  # "cuda": the current one, named (set_device needs it)
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device, self.rank, self.world_size = device, rank, world_size
         self.dims = {m: v.schema.dim for m, v in versions.items()}
         self.order = DataOrder(len(samples), world_size, cfg.data.batch_size, cfg.data.seed, cfg.data.shuffle)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The 7B training-step levers on one GPU, in one device session: `train_bench.py step` per case, beside the anchor's
+# first row (plain HF + peft, activation checkpointing, LoRA dropout 0.05). Needs the wheels of zarr, numcodecs,
+# donfig, google-crc32c, pydantic (+core, annotated-types, typing-inspection), tyro, typeguard, docstring-parser and
+# the anchor script (../shared/anchors/llm_lora_levers.py) in .whl/ (carried).
+# `train` also needs .whl/ray.tar.xz (the Ray 2.60 wheel unpacked, without ray/jars and ray/dashboard/client) and the
+# wheels of jsonschema, jsonschema-specifications, referencing, rpds-py and tensorboardX.
+#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train
+set -euo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+DIR=/tmp/bench7b
+case "$1" in
+  prepare) python3 benchmarks/train_bench.py prepare $DIR --preset 7b --videos 8 ;;
+  levers)
+    for case in "full --no-compile" "auto --no-compile" "auto --compile"; do
+      python3 benchmarks/train_bench.py step $DIR --batch 1 2 --checkpointing $case 2>&1 | grep -E '^\{|activation checkpointing|Error'
+    done ;;
+  anchor) python3 .whl/anchor_llm_lora_levers.py 1:6332:1:0.05:0:0 ;;
+  train)  # `pave train` (Ray Train, 1 GPU worker) with the defaults: auto checkpointing, compiled layers
+    tar xJf .whl/ray.tar.xz -C /tmp/site
+    rm -rf /tmp/run7b
+    python3 -m jobs.cli train --store $DIR/store --annotations $DIR/annotations.json --base-model $DIR/base \
+      --out /tmp/run7b --gpus-per-worker 1 --cpus-per-worker 4 --batch-size 1 --steps 40 --report-every 10 \
+      --checkpoint-every 1000 2>&1 | grep -E "activation checkpointing|trained|Error|error" | grep -v Warning
+    python3 benchmarks/train_bench.py report /tmp/run7b ;;
+esac
