@@ -157,7 +157,8 @@ def test_batched_logits_equal_per_sample_with_fewer_frames(tiny_dir):
 def test_patches_compose_by_sum_and_are_removable(tiny_dir):
     base, tok = load(tiny_dir)
     ids, _, _, video = batch(tok, base, newline="one")
-    model = PaveLlava(base, {"audio": patch(base, seed=1), "exo": patch(base, side_dim=8, seed=2)}, newline="one").eval()
+    patches = {"audio": patch(base, seed=1), "exo": patch(base, side_dim=8, seed=2)}
+    model = PaveLlava(base, patches, newline="one").eval()
     s = sides()
     with torch.no_grad():
         none, audio = model.embed(ids, video), model.embed(ids, video, {"audio": s["audio"]})
