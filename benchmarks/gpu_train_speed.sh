@@ -5,7 +5,8 @@
 # the anchor script (../shared/anchors/llm_lora_levers.py) in .whl/ (carried).
 # `train` also needs .whl/ray.tar.xz (the Ray 2.60 wheel unpacked, without ray/jars and ray/dashboard/client) and the
 # wheels of jsonschema, jsonschema-specifications, referencing, rpds-py and tensorboardX.
-#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train
+# `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
+#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -17,11 +18,13 @@ case "$1" in
       python3 benchmarks/train_bench.py step $DIR --batch 1 2 --checkpointing $case 2>&1 | grep -E '^\{|activation checkpointing|Error'
     done ;;
   anchor) python3 .whl/anchor_llm_lora_levers.py 1:6332:1:0.05:0:0 ;;
-  train)  # `pave train` (Ray Train, 1 GPU worker) with the defaults: auto checkpointing, compiled layers
+  train|scale)  # `pave train` (Ray Train, GPU workers) with the defaults: auto checkpointing, compiled layers
     tar xJf .whl/ray.tar.xz -C /tmp/site
-    rm -rf /tmp/run7b
+    workers=${2:-1}; strategy=${3:-ddp}; run=/tmp/run7b-$workers-$strategy
+    rm -rf $run
     python3 -m jobs.cli train --store $DIR/store --annotations $DIR/annotations.json --base-model $DIR/base \
-      --out /tmp/run7b --gpus-per-worker 1 --cpus-per-worker 4 --batch-size 1 --steps 40 --report-every 10 \
-      --checkpoint-every 1000 2>&1 | grep -E "activation checkpointing|trained|Error|error" | grep -v Warning
-    python3 benchmarks/train_bench.py report /tmp/run7b ;;
+      --out $run --workers $workers --strategy $strategy --gpus-per-worker 1 --cpus-per-worker 4 --batch-size 1 \
+      --steps 40 --report-every 10 --checkpoint-every 1000 2>&1 \
+      | grep -E "activation checkpointing|trained|Error|error" | grep -v Warning
+    python3 benchmarks/train_bench.py report $run ;;
 esac

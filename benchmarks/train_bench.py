@@ -220,6 +220,8 @@ def report(args) -> None:
             "window_step_ms": [round(1000 * m["step_time_s"]) for m in history],
             "steady_from_window": args.skip + 1, "step_ms": round(1000 * mean["step_time_s"], 1),
             "tokens_per_s": round(mean["tokens_per_s"]), "samples_per_s": round(mean["samples_per_s"], 2),
+            # every worker takes the same steps of the same batch size as rank 0, whose metrics these are
+            "samples_per_s_all_workers": round(cfg.scale.workers * mean["samples_per_s"], 2),
             "mfu": mfu(dense * mean["tokens_per_s"]), "mfu_attn": mfu(with_attn * mean["tokens_per_s"]),
             "data_wait_frac": round(mean["data_wait_frac"], 4),
             "window_data_wait_frac": [round(m["data_wait_frac"], 4) for m in history],

@@ -75,13 +75,16 @@ def build_tiny_llava_onevision(save_dir=None, words=DEFAULT_WORDS, vocab_size: i
     return model, tokenizer
 
 
-def save_tiny_base(base_dir, texts, seed: int = 0, video_dim: int | None = None) -> Path:
-    """A tiny random LLaVA-OneVision whose tokenizer knows the words of `texts` and whose projector reads
-    `video_dim`-wide tokens (default: its own vision tower's), saved in base_dir; kept when it exists there, so
-    eval and resumed runs load the same one. Returns the resolved directory."""
+def save_tiny_base(base_dir, texts, seed: int = 0, video_dim: int | None = None, grid: int | None = None) -> Path:
+    """A tiny random LLaVA-OneVision whose tokenizer knows the words of `texts`, whose projector reads
+    `video_dim`-wide tokens (default: its own vision tower's) and whose tower has `grid` x `grid` patches per frame
+    (default 4), saved in base_dir; kept when it exists there, so eval and resumed runs load the same one. Returns the
+    resolved directory."""
     base_dir = Path(base_dir)
     if not (base_dir / "config.json").exists():
         words = sorted(set(DEFAULT_WORDS) | {w for text in texts for w in text.split()})
         dims = {} if video_dim is None else {"vision_hidden": video_dim}
+        if grid is not None:
+            dims["image_size"] = grid * 8  # tiny_config's patch size
         build_tiny_llava_onevision(base_dir, words=words, seed=seed, **dims)
     return base_dir.resolve()

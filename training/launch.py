@@ -1,12 +1,40 @@
 """The driver side of a training run: check the inputs, then hand the run to Ray Train workers (training/loop.py).
 The driver never builds the base model: workers build it on their devices, and rank 0 exports the result."""
+import math
 from pathlib import Path
 
+from featurestore import TokenSchema
+from model.llava import VideoLayout
 from model.tiny import save_tiny_base
 from pipelines.annotations import load_annotations
 from pipelines.training_data import check_samples, open_versions
 from training.config import RUN_CONFIG, ConfigError, RunConfig, load, save, to_dict
 from training.data import DataOrder
+
+
+def patch_grid(video: TokenSchema) -> int:
+    """Patches per side of the vision tower that made the stored video tokens: their square root, doubled for
+    tokens that were pooled 2x2 before storing (`--video-tokens pooled`)."""
+    side = math.isqrt(video.tokens_per_step)
+    return 2 * side if video.attrs.get("pool") == "half" else side
+
+
+def check_video_fits(base: str, video: TokenSchema) -> None:
+    """The stored video tokens must be those of the base model's vision tower (width and patch grid), or training
+    fails in every worker; say so once, here, from the base's config file alone."""
+    from transformers import AutoConfig
+
+    vision = AutoConfig.from_pretrained(base).vision_config
+    grid = vision.image_size // vision.patch_size
+    problem = "" if video.dim == vision.hidden_size else (
+        f"the stored video tokens are {video.dim} wide, its vision tower {vision.hidden_size}")
+    try:
+        VideoLayout(grid).is_full(video.tokens_per_step)
+    except ValueError as err:
+        problem = str(err)
+    if problem:
+        raise ConfigError(f"--base-model {base}: {problem}; materialize the video with this model's vision tower "
+                          f"(pave materialize --encoder-path video={base})")
 
 
 def check_resume(cfg: RunConfig, out: Path) -> None:
@@ -40,8 +68,10 @@ def fit(cfg: RunConfig) -> Path:
     DataOrder(len(samples), cfg.scale.workers, cfg.data.batch_size, cfg.data.seed)  # enough samples for one step
     if cfg.model.tiny_base:  # saved under --out so that eval and resumed runs load the same one
         texts = [text for s in samples for _, text in s.turns]
-        cfg.model.base = str(save_tiny_base(out / "base_model", texts, cfg.data.seed, versions["video"].schema.dim))
+        video = versions["video"].schema
+        cfg.model.base = str(save_tiny_base(out / "base_model", texts, cfg.data.seed, video.dim, patch_grid(video)))
         cfg.model.tiny_base = False
+    check_video_fits(cfg.model.base, versions["video"].schema)
     check_resume(cfg, out)
     save(cfg, out)
 

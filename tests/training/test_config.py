@@ -72,3 +72,21 @@ def test_pave_train_without_a_base_model_exits_naming_the_flag(tmp_path):
         "pave train: --model.base (--base-model) is required: a local LLaVA-OneVision directory (--tiny-base trains "
         "a tiny random model instead, for demos and tests)")
     assert not (tmp_path / "out").exists()  # refused before anything was created
+
+
+def test_a_store_made_by_another_vision_tower_is_refused_before_training(synthetic_store, tmp_path):
+    """The synthetic store holds 4 tokens of width 32 per frame; a base whose tower has a 4x4 grid of width 48 fits
+    neither its width nor its grid: one line naming the base and what to do."""
+    from model.tiny import save_tiny_base
+    from pipelines.training_data import open_versions
+    from training.launch import check_video_fits
+
+    store, _ = synthetic_store
+    video = open_versions(store, ["video"])["video"].schema
+    wide = save_tiny_base(tmp_path / "wide", ["low high"], video_dim=48, grid=2)
+    with pytest.raises(ConfigError, match="the stored video tokens are 32 wide, its vision tower 48"):
+        check_video_fits(str(wide), video)
+    big_grid = save_tiny_base(tmp_path / "grid8", ["low high"], video_dim=32, grid=8)
+    with pytest.raises(ConfigError, match=r"4 video tokens per frame: neither .* full 8x8 grid .*--encoder-path video="):
+        check_video_fits(str(big_grid), video)
+    check_video_fits(str(save_tiny_base(tmp_path / "fits", ["low high"], video_dim=32, grid=2)), video)
