@@ -139,11 +139,12 @@ def mfu(flops_per_s: float) -> float | None:
 def step(args) -> None:
     """Times `Recipe.step` (the step `pave train` workers take) on fixed batches collated from the store exactly as
     a worker collates them; one recipe, so one model, for every batch size."""
+    from model.collate import token_count
     from pipelines.training_data import FetchFeatures, sample_row
     from training.modeling import to_device
     from training.recipe import Recipe
 
-    cfg = bench_config(args.dir, max(args.batch), args.checkpointing, args.compile)
+    cfg = bench_config(args.dir, max(args.batch), args.checkpointing, args.compile, args.pack)
     samples, versions = dataset(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipe = Recipe(cfg, samples, versions, device).setup()
@@ -159,13 +160,13 @@ def step(args) -> None:
             recipe.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             continue
-        tokens = int(batch["attention_mask"].sum())
+        tokens = token_count(batch)
         dense, with_attn = flops_per_token(recipe.model, tokens / batch_size)
         tokens_per_s = tokens / (ms / 1000)
         print_record({
             "bench": "train_step", "device": device_name, "base": recipe.model.hf.config.text_config.hidden_size,
             "batch": batch_size, "seq_len": tokens / batch_size, "checkpointing": args.checkpointing,
-            "checkpointed_layers": len(recipe.checkpointed), "compile": args.compile,
+            "checkpointed_layers": len(recipe.checkpointed), "compile": args.compile, "pack": args.pack,
             "step_ms": round(ms, 1), "tokens_per_s": round(tokens_per_s),
             "samples_per_s": round(batch_size / (ms / 1000), 2),
             "mfu": mfu(dense * tokens_per_s), "mfu_attn": mfu(with_attn * tokens_per_s),
@@ -191,9 +192,10 @@ def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
     return statistics.median(times), peak
 
 
-def bench_config(directory: Path, batch_size: int, checkpointing: str, compile_layers: bool | None) -> RunConfig:
+def bench_config(directory: Path, batch_size: int, checkpointing: str, compile_layers: bool | None,
+                 pack: bool = False) -> RunConfig:
     data = {"store": str(directory / "store"), "annotations": str(directory / "annotations.json"),
-            "batch_size": batch_size}
+            "batch_size": batch_size, "pack": pack}
     model = {"base": str(directory / "base"), "activation_checkpointing": checkpointing, "compile": compile_layers}
     return validate(from_dict({"data": data, "model": model, "out": str(directory / "run")}, "train_bench"))
 
@@ -249,6 +251,7 @@ def main(argv=None):
     st.add_argument("--iters", type=int, default=10)
     st.add_argument("--warmup", type=int, default=3)
     st.add_argument("--checkpointing", default="auto", help="activation checkpointing: auto, none, full or N layers")
+    st.add_argument("--pack", action="store_true", help="pack each batch into one sequence (no padding)")
     st.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile each decoder layer (default: with a GPU)")
     rep = sub.add_parser("report", help="steady-state throughput, MFU and data wait of `pave train` runs")

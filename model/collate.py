@@ -1,6 +1,8 @@
 """Batches for PaveLlava from feature rows: the chat prompt (the tokenizer's own chat template, Qwen2's for
 LLaVA-OneVision), the <video> placeholder expanded to the video's token count, labels only on answer tokens, padding
-to the longest sample of the batch (not a fixed length), and the side channels packed without padding."""
+to the longest sample of the batch (not a fixed length) or, with pack=True, the samples packed one after another
+into one sequence with per-sample position ids (no padding: transformers builds the block-causal mask from the
+position ids), and the side channels packed without padding."""
 import json
 from dataclasses import dataclass
 
@@ -20,6 +22,12 @@ def as_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
 
 
+def token_count(batch: dict) -> int:
+    """Tokens the LLM processes for a collated batch, padding excluded (a packed batch has none)."""
+    mask = batch["attention_mask"]
+    return int(batch["input_ids"].numel() if mask is None else mask.sum())
+
+
 def _rows(batch: dict) -> int:
     return len(batch["sample_id"])
 
@@ -33,6 +41,7 @@ class Collator:
     modality_dtypes: dict[str, str]  # stored dtype per modality, "video" included
     compute_dtype: torch.dtype = torch.float32
     for_generation: bool = False  # True: prompt up to the answer, left padding, answers returned as text
+    pack: bool = False  # training only: one sequence [1, sum of lengths] with position_ids instead of padding
 
     def _messages(self, turns: list) -> list[dict]:
         messages = [{"role": role, "content": text} for role, text in turns]
@@ -84,6 +93,14 @@ class Collator:
             for tokens, t0, t1 in zip(batch[f"{name}_tokens"], batch[f"{name}_t_start"], batch[f"{name}_t_end"])
         ])
 
+    @staticmethod
+    def _packed(encoded: list[tuple[list[int], list[int]]]) -> dict:
+        """input_ids, labels, position_ids [1, total]: the samples one after another, positions restarting at 0."""
+        return {"input_ids": torch.tensor([[i for ids, _ in encoded for i in ids]]),
+                "labels": torch.tensor([[label for _, labels in encoded for label in labels]]),
+                "position_ids": torch.cat([torch.arange(len(ids)) for ids, _ in encoded])[None],
+                "attention_mask": None}
+
     def __call__(self, batch: dict) -> dict:
         video = self._video(batch)
         tokens_per_frame = video.features.shape[2]
@@ -92,6 +109,9 @@ class Collator:
             self.encode(json.loads(turns), self.layout.llm_tokens(int(f), tokens_per_frame))
             for turns, f in zip(batch["turns"], frames)
         ]
+        if self.pack and not self.for_generation:
+            return {**self._packed(encoded), "video": video, "sample_ids": list(batch["sample_id"]),
+                    "side": {name: self._side(batch, name) for name in self.side_names}}
         length = max(len(ids) for ids, _ in encoded)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         input_ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)

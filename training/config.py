@@ -39,6 +39,7 @@ class DataConfig:
     fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> store version, for a store with several
     batch_size: Annotated[int, alias("--batch-size")] = 4  # per worker and micro-batch
     shuffle: bool = True  # a new seeded permutation of the samples every epoch
+    pack: bool = False  # a micro-batch's samples packed into one sequence (block-causal attention), no padding
     seed: Annotated[int, alias("--seed")] = 0  # data order, and the initial weights of patches and LoRA
     prefetch_batches: int = 2  # fetched ahead by each worker's loader threads
 

@@ -65,7 +65,7 @@ class TrainingLoss(torch.nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return self.model.loss(batch["input_ids"], batch["attention_mask"], batch["video"], batch["side"],
-                                   batch["labels"])
+                                   batch["labels"], batch.get("position_ids"))
 
 
 def fsdp(module: TrainingLoss) -> TrainingLoss:
@@ -121,8 +121,9 @@ def compile_layers(model: PaveLlava) -> None:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    batch["input_ids"], batch["attention_mask"], batch["labels"] = (
-        batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels"))
+    for key in ("input_ids", "attention_mask", "labels", "position_ids"):  # attention_mask is None when packed
+        if batch.get(key) is not None:
+            batch[key] = batch[key].to(device, non_blocking=True)
     batch["video"] = batch["video"].to(device)
     batch["side"] = {name: side.to(device) for name, side in batch["side"].items()}
     return batch

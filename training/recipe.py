@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from featurestore import Version
-from model.collate import Collator
+from model.collate import Collator, token_count
 from pipelines.annotations import Sample
 from training import checkpoint
 from training.checkpoint import TrainState
@@ -58,7 +58,7 @@ class Recipe:
         self.model = build_model(cfg, self.dims, dtype)
         dtypes = {m: v.schema.dtype for m, v in self.versions.items()}
         self.collate = Collator(AutoTokenizer.from_pretrained(cfg.model.base), self.model.hf.config.video_token_id,
-                                self.model.layout, tuple(cfg.sides), dtypes, dtype)
+                                self.model.layout, tuple(cfg.sides), dtypes, dtype, pack=cfg.data.pack)
         if self.on_gpu:
             torch.cuda.set_device(self.device)  # fully_shard and DDP place their buffers on the current device
             self.model.to(self.device)
@@ -85,7 +85,7 @@ class Recipe:
         for the longest micro-batch expected (this worker's first, plus 25% for longer prompts and videos)."""
         setting = self.cfg.model.activation_checkpointing
         auto_on_gpu = setting == "auto" and self.on_gpu
-        tokens = int(1.25 * self.loader().load(0)["attention_mask"].sum()) if auto_on_gpu else 0
+        tokens = int(1.25 * token_count(self.loader().load(0))) if auto_on_gpu else 0
         free = torch.cuda.mem_get_info(self.device)[0] if self.on_gpu else None
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         text = self.model.hf.config.text_config
@@ -116,7 +116,7 @@ class Recipe:
                 (loss / len(micro_batches)).backward()
             loss_sum += loss.item()
             samples += len(batch["sample_ids"])
-            tokens += int(batch["attention_mask"].sum())
+            tokens += token_count(batch)
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()

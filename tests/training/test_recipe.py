@@ -63,3 +63,46 @@ def test_checkpointing_and_compilation_leave_loss_and_gradients_unchanged(inputs
         assert grads.keys() == eager_grads.keys()
         for name, grad in grads.items():
             torch.testing.assert_close(grad, eager_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_packed_batch_gives_the_loss_and_gradients_of_its_samples_one_by_one(inputs):
+    """B=3 samples of different lengths packed into one sequence (block-causal attention, no padding): the loss is
+    the token-weighted mean of the three samples' losses and the gradients are the same weighted sum."""
+    from pipelines.annotations import Sample
+    from pipelines.training_data import sample_row
+
+    store, annotations, base, samples = inputs
+    # questions of different lengths, so that the three samples differ in length
+    varied = [Sample(s.id, s.video_id, ((s.turns[0][0], s.turns[0][1] + " low or high?" * i), s.turns[1]))
+              for i, s in enumerate(samples[:3])]
+    cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
+                 str(base), "--batch-size", "3", "--data.pack", "--patch-d-model", "32", "--lora-r", "8",
+                 "--model.lora.dropout", "0", "--model.compile", "False"])
+    recipe = Recipe(cfg, varied, open_versions(store, cfg.modalities), torch.device("cpu")).setup()
+    torch.nn.init.normal_(recipe.model.patches["audio"].out[-1].weight, std=0.1)
+    loader = recipe.loader()
+    rows = [loader.fetch(sample_row(varied[i])) for i in recipe.order.batch(0, 0)]
+
+    def loss_and_grads(batch):
+        recipe.module.zero_grad(set_to_none=True)
+        loss = recipe.module(batch)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in recipe.module.named_parameters() if p.grad is not None}
+
+    packed = recipe.collate({k: [r[k] for r in rows] for k in rows[0]})
+    assert packed["input_ids"].shape[0] == 1 and packed["attention_mask"] is None
+    lengths = [len(recipe.collate({k: [r[k]] for k in r})["input_ids"][0]) for r in rows]
+    assert len(set(lengths)) > 1 and packed["input_ids"].shape[1] == sum(lengths)  # no padding anywhere
+    packed_loss, packed_grads = loss_and_grads(packed)
+    weights, losses, grads = [], [], []
+    for row in rows:
+        single = recipe.collate({k: [row[k]] for k in row})
+        weights.append(int((single["labels"][:, 1:] != -100).sum()))
+        loss, grad = loss_and_grads(single)
+        losses.append(loss)
+        grads.append(grad)
+    total = sum(weights)
+    assert packed_loss == pytest.approx(sum(w * l for w, l in zip(weights, losses)) / total, rel=1e-5)
+    for name, grad in packed_grads.items():
+        expected = sum(w * g[name] for w, g in zip(weights, grads)) / total
+        torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4, msg=name)
