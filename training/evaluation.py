@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipelines.annotations import load_annotations
 from pipelines.training_data import check_samples, feature_dataset, modality_dtypes, open_versions
-from training.config import ConfigError, RunConfig, load
+from training.config import RUN_CONFIG, ConfigError, RunConfig, load
 
 ACTOR_START_TIMEOUT_S = 1800  # a 7B model loading from network storage
 
@@ -48,6 +48,9 @@ class EvalRequest:
 
     def resolve(self) -> tuple[RunConfig, "EvalRequest"]:
         """The checkpoint's run config (defaults without one) and this request with its gaps filled from it."""
+        if self.checkpoint and not (Path(self.checkpoint) / RUN_CONFIG).exists():
+            raise ConfigError(f"--checkpoint {self.checkpoint}: no {RUN_CONFIG} there; expected the final/ directory "
+                              "of a `pave train` run or the output of `pave import-checkpoint`")
         run = load(self.checkpoint) if self.checkpoint else RunConfig()
         if not self.checkpoint:
             run.model.patches.sides = []
