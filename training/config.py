@@ -171,7 +171,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not 0 <= value < 1:
             raise ConfigError(f"{flag} must be in [0, 1), got {value}")
     checkpointing = cfg.model.activation_checkpointing
-    if checkpointing not in ("auto", "none", "full") and not (checkpointing.isdigit()):
+    if checkpointing not in ("auto", "none", "full") and not checkpointing.isdigit():
         raise ConfigError(f"--model.activation-checkpointing {checkpointing}: expected auto, none, full or a number "
                           "of layers")
     if cfg.scale.gpus_per_worker < 0 or cfg.scale.cpus_per_worker < 0:

@@ -22,11 +22,15 @@ METRICS = "metrics.jsonl"
 LOSS_CURVE = "loss_curve.png"
 
 
+def sample_log_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / "data_order" / f"rank{rank}.jsonl"
+
+
 class SampleLog:
     """RUN/data_order/rank<r>.jsonl, kept consistent with the checkpoint a run resumes from."""
 
     def __init__(self, run_dir: Path, rank: int, resumed_step: int):
-        self.path = run_dir / "data_order" / f"rank{rank}.jsonl"
+        self.path = sample_log_path(run_dir, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if self.path.exists():  # a line cut by a crash does not parse and goes too
@@ -46,7 +50,7 @@ class SampleLog:
 
 
 def read_sample_log(run_dir: Path, rank: int) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "data_order" / f"rank{rank}.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in sample_log_path(run_dir, rank).read_text().splitlines()]
 
 
 def write_curves(history: list[dict], out: Path) -> None:

@@ -87,8 +87,12 @@ def checkpointed_layer_count(setting: str, text_config, tokens: int, free_bytes:
     theirs fit in MEMORY_HEADROOM of `free_bytes` (after the model is on the device) less the optimizer state,
     for a micro-batch of `tokens` tokens; none without a GPU (free_bytes None: host memory is not the limit)."""
     layers = text_config.num_hidden_layers
+    if setting == "none":
+        return 0
+    if setting == "full":
+        return layers
     if setting != "auto":
-        return {"none": 0, "full": layers}.get(setting) if setting in ("none", "full") else min(int(setting), layers)
+        return min(int(setting), layers)
     if free_bytes is None:
         return 0
     per_layer = ACTIVATION_BYTES_PER_UNIT * (text_config.hidden_size + text_config.intermediate_size) * tokens
