@@ -3,9 +3,9 @@ with torch.load - the only way that layout can be read), on the same data, in on
 
 Cases: whole video (all frames), and a time range (--range-frames consecutive frames of --frames), each with a warm
 page cache and cold (the files evicted with posix_fadvise(DONTNEED) before every fetch; needs no root).
-Layouts: pt (reference), store (the featurestore API: tensorstore reads local stores), and "store/zarr": the same
-store files read by zarr-python (what the API uses for fsspec URLs). Prints a table and each layout's throughput
-ratio to pt. Default video: 32 frames x 729 x 1152 (every SigLIP patch, as `pave materialize` stores it).
+Layouts: pt (reference), store (the featurestore API: raw token shards of local stores read with preadv), and
+"store/zarr": the same store files read by zarr-python (what the API uses for fsspec URLs). Prints a table and
+each layout's throughput ratio to pt. Default video: 32 frames x 729 x 1152 (every SigLIP patch, as `pave materialize` stores it).
 
     .venv/bin/python benchmarks/store_bench.py --videos 24 --fetches 48
     .venv/bin/python benchmarks/store_bench.py --tokens 196 --videos 48 --fetches 64   # --video-tokens pooled
@@ -103,7 +103,7 @@ def main() -> None:
     version = store.version("video")
     mb = args.videos * args.frames * args.tokens * args.dim * 2 / 2**20
     print(f"{args.videos} videos x {args.frames} frames x {args.tokens} x {args.dim} float16 = {mb:.0f} MiB per layout;"
-          f" write: pt {write_s['pt']:.1f} s, store {write_s['store']:.1f} s (zstd + checksums)")
+          f" write: pt {write_s['pt']:.1f} s, store {write_s['store']:.1f} s (checksums)")
 
     rng = np.random.default_rng(0)
     ids = rng.integers(0, args.videos, args.fetches)

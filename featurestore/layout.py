@@ -8,9 +8,11 @@ from zarr.codecs import BloscCodec
 
 from .schema import TokenSchema
 
-# Float tokens are mostly mantissa noise: plain zstd saves ~8% on f16 and decodes at ~1 GB/s; bit-shuffling first
-# groups the predictable sign/exponent bits: saves 11% (f16), 30% (bf16), 15% (f32) and decodes twice as fast
-# (measured on 196x1152 rows of N(0, 0.5) values).
+# Token arrays are stored raw: a whole-video fetch is then one copy from the shard file into the result (reader.py),
+# 1.6-1.9x torch.load of a .pt; compressed with the codec below, decoding alone (~2 GB/s per core) kept fetches at
+# 0.35x (BENCHMARKS.md). The price is disk: bitshuffle + zstd saved 11% on f16 tokens, 30% on bf16.
+# Every other array (times, extras, offsets) is small and compressed: bit-shuffling groups the predictable
+# sign/exponent bits, and decodes twice as fast as plain zstd.
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 # Shards are the unit of writing and of files on disk / objects in a bucket: large, so there are few of them.
 # Inner chunks are the unit of reading: ~1 MiB, i.e. 2 SigLIP frames or 512 audio steps. zarr-python pays ~0.3 ms
@@ -46,7 +48,7 @@ def create_part_arrays(group: zarr.Group, schema: TokenSchema, shard_rows: int) 
             dtype=dtype,
             chunks=(chunk_rows, *trailing),
             shards=(shard_rows, *trailing),
-            compressors=COMPRESSOR,
+            compressors=None if name == "tokens" else COMPRESSOR,
             fill_value=0,
             attributes={**_array_attrs(name, schema), COMPLETE_CHUNKS: True},
             config={"write_empty_chunks": True},  # else an all-zero chunk is not written and looks like a lost one

@@ -51,6 +51,9 @@ def test_a_lost_chunk_fails_the_read_naming_the_item_instead_of_reading_zeros(tm
     (record,) = [r for r in version.index().records if "v0" in r["items"]]
     tokens = tmp_path / "store" / version.path / "parts" / record["id"] / "tokens"
     (tokens / "c" / "0" / "0" / "0").unlink()  # the first shard of the tokens: rows of v0
-    with pytest.raises(FeatureError, match=r"item 'v0': .*tokens rows 0:\d+: NOT_FOUND.*run `pave store verify`"):
+    with pytest.raises(FeatureError, match=r"item 'v0': .*tokens rows 0:\d+: shard file .* is gone.*pave store verify"):
         version.get("v0")
     assert zarr.open_array(str(tokens), mode="r")[0:1].max() == 0  # where zarr-python reads zeros
+    (tokens.parent / "view" / "c" / "1").rename(tokens.parent / "view-lost")  # a compressed array: tensorstore's read
+    with pytest.raises(FeatureError, match=r"item 'v1': .*view rows \d+:\d+: NOT_FOUND.*run `pave store verify`"):
+        version.get("v1")
