@@ -1,7 +1,11 @@
 """The `pave` command line. Each subcommand lives in its own module under jobs/, which defines either
 `add_arguments(parser)` and `run(args) -> int`, or `main(argv) -> int` when a library parses its flags (`pave train`:
-the run config's parser); heavy imports stay inside them so `pave --help` is instant."""
+the run config's parser); heavy imports stay inside them so `pave --help` is instant.
+
+Errors: bad input (the error classes below, a `SystemExit` with a message, a full or read-only disk) prints one line,
+`pave COMMAND: what, which item, what to do`, and exits 2; anything else is a bug and keeps its traceback."""
 import argparse
+import errno
 import importlib
 import sys
 
@@ -16,6 +20,29 @@ COMMANDS = {
     "import-checkpoint": ("jobs.import_checkpoint", "convert an official PAVE release into a checkpoint pave eval loads"),
     "model-info": ("jobs.model_info", "parameter counts of a PAVE patch vs its base model"),
 }
+
+
+# Bad input, not a bug: their messages name the item and what to do. Looked up only in modules already imported
+# (an error class whose module was never imported cannot have been raised), so that this costs no import.
+USER_ERRORS = {"featurestore.schema": "FeatureError", "featurestore.store": "ItemNotFound",
+               "pipelines.annotations": "AnnotationError", "training.config": "ConfigError",
+               "training.data": "DataOrderError", "model.official": "OfficialCheckpointError"}
+# The machine's state, not the program's: the OS message and the path say it all.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT}
+USAGE_EXIT = 2
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message for a bad-input error, None for anything else."""
+    err = getattr(err, "cause", None) or err  # a Ray task's error wraps the one raised in the task
+    classes = tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS.items() if module in sys.modules)
+    if isinstance(err, classes):
+        return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        where = f": {err.filename}" if err.filename else ""
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        return f"{err.strerror}{where}" + ("; free some space or write elsewhere" if full else "")
+    return None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -39,12 +66,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    if command:
-        module = importlib.import_module(COMMANDS[command][0])
-        if hasattr(module, "main"):  # parses its own flags
-            return module.main(argv[1:]) or 0
-    args = build_parser(command).parse_args(argv)
-    return args.run(args) or 0
+    try:
+        if command:
+            module = importlib.import_module(COMMANDS[command][0])
+            if hasattr(module, "main"):  # parses its own flags
+                return module.main(argv[1:]) or 0
+        args = build_parser(command).parse_args(argv)
+        return args.run(args) or 0
+    except SystemExit as exit_:
+        if not isinstance(exit_.code, str):  # argparse's usage errors (2), --help (0)
+            raise
+        prefix = "" if exit_.code.startswith("pave ") else f"pave {command}: "
+        print(f"{prefix}{exit_.code}", file=sys.stderr)
+        return USAGE_EXIT
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None:
+            raise
+        print(f"pave {command}: {message}", file=sys.stderr)
+        return USAGE_EXIT
 
 
 if __name__ == "__main__":

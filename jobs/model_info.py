@@ -18,11 +18,12 @@ def run(args) -> int:
     from peft import get_peft_model
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
+    from jobs.ray_runtime import base_model_path
     from model.llava import lora_config, reference_config
     from model.patch import PRESETS, PatchConfig, PavePatch
 
     if args.base_model:
-        config = LlavaOnevisionConfig.from_pretrained(args.base_model)
+        config = LlavaOnevisionConfig.from_pretrained(base_model_path(args.base_model))
         patch_config = PatchConfig(query_dim=config.vision_config.hidden_size, llm_dim=config.text_config.hidden_size)
         name = args.base_model
     else:

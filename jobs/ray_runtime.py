@@ -1,4 +1,4 @@
-"""How every job reaches Ray, and where it may write, standalone or under `ray job submit`.
+"""How every job reaches Ray, and the paths it reads and writes, standalone or under `ray job submit`.
 
 Ray: the cluster in RAY_ADDRESS when it is set (`ray job submit` sets it to the cluster's GCS address for the job's
 driver; users set it to `<head-ip>:6379`, or `auto` for a cluster started on this machine), else a new local Ray.
@@ -48,4 +48,13 @@ def output_path(path: str, flag: str, urls: bool = False) -> str:
         alternative = ", or a URL" if urls else ""
         raise SystemExit(f"{flag} {path}: relative paths are not allowed in a submitted job (its working directory "
                          f"is a temporary copy); pass an absolute path on storage every node mounts{alternative}")
+    return str(Path(path).resolve())
+
+
+def base_model_path(path: str, flag: str = "--base-model") -> str:
+    """A local LLaVA-OneVision directory (save_pretrained layout), absolute; refused with one line when it is not,
+    before transformers takes a missing path for a Hub repo id (no Hub here, and its error is a traceback)."""
+    if not (Path(path) / "config.json").is_file():
+        raise SystemExit(f"{flag} {path}: no config.json there; expected a local LLaVA-OneVision directory "
+                         "(save_pretrained layout)")
     return str(Path(path).resolve())

@@ -11,9 +11,7 @@ import torch
 
 from model.llava import IGNORE_INDEX, VideoLayout, expand_video_tokens
 from model.patch import SideBatch, VideoBatch
-
-VIDEO_PLACEHOLDER = "<video>"
-LEGACY_PLACEHOLDER = "<image>"  # LLaVA video data sets often mark the video with <image>
+from pipelines.annotations import LEGACY_MARKER, VIDEO_MARKER
 
 
 def as_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
@@ -46,8 +44,8 @@ class Collator:
     def _messages(self, turns: list) -> list[dict]:
         messages = [{"role": role, "content": text} for role, text in turns]
         first_user = next(m for m in messages if m["role"] == "user")
-        text = first_user["content"].replace(LEGACY_PLACEHOLDER, VIDEO_PLACEHOLDER)
-        first_user["content"] = text if VIDEO_PLACEHOLDER in text else f"{VIDEO_PLACEHOLDER}\n{text}"
+        text = first_user["content"].replace(LEGACY_MARKER, VIDEO_MARKER)
+        first_user["content"] = text if VIDEO_MARKER in text else f"{VIDEO_MARKER}\n{text}"
         return messages
 
     def _ids(self, messages: list[dict], generation_prompt: bool) -> list[int]:

@@ -15,6 +15,10 @@ ROLES = {"human": "user", "gpt": "assistant"}
 # Item ids are keys, never paths; still refuse anything that looks like a path escape so an id cannot be turned
 # into one by a downstream tool.
 SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
+# The video's tokens go where the first human turn marks it, or before that turn's text. LLaVA video data sets often
+# write <image> for it. A marker in any other turn, or two, would put the video twice or inside an answer.
+VIDEO_MARKER = "<video>"
+LEGACY_MARKER = "<image>"
 
 
 class AnnotationError(ValueError):
@@ -60,9 +64,25 @@ def _parse_entry(index: int, entry) -> tuple[Sample | None, list[str]]:
             turns.append((ROLES[turn["from"]], turn["value"]))
         if turns and turns[-1][0] != "assistant":
             problems.append(f"{where}: the last turn must be the answer ('from': 'gpt')")
+        problems += _marker_problems(where, turns)
     if problems:
         return None, problems
     return Sample(sample_id, video, tuple(turns)), []
+
+
+def _marker_problems(where: str, turns: list[tuple[str, str]]) -> list[str]:
+    questions = [k for k, (role, _) in enumerate(turns) if role == "user"]
+    if not questions:
+        return [f"{where}: no question ('from': 'human') before the answer"]
+    problems = []
+    for k, (_, text) in enumerate(turns):
+        markers = text.count(VIDEO_MARKER) + text.count(LEGACY_MARKER)
+        if markers and k != questions[0]:
+            problems.append(f"{where}: turn {k} holds a video marker ({VIDEO_MARKER} or {LEGACY_MARKER}); only the "
+                            "first human turn may mark where the video goes")
+        elif markers > 1:
+            problems.append(f"{where}: turn {k} holds {markers} video markers; a sample has one video")
+    return problems
 
 
 def load_annotations(path: str | Path) -> list[Sample]:

@@ -1,7 +1,9 @@
 import subprocess
 import sys
 
-from jobs.cli import COMMANDS
+import pytest
+
+from jobs.cli import COMMANDS, user_error_message
 
 
 def test_help_lists_every_subcommand():
@@ -11,3 +13,31 @@ def test_help_lists_every_subcommand():
     for name in ("demo", "make-corpus", "materialize", "train", "eval", "store"):
         assert name in COMMANDS
         assert f"    {name}" in out
+
+
+HURRIED = {  # a typo'd command -> what its one line must say
+    "model-info --base-model /nonexistent": "pave model-info: --base-model /nonexistent: no config.json there",
+    "import-checkpoint {tmp} --out {tmp}/out --base-model {tmp} --side audio": "no non_lora_trainables.bin",
+    "make-corpus {tmp} --videos 2": "not empty",
+    "materialize --input {tmp} --store {tmp}/store --modalities vidoe": "unknown modalities ['vidoe']",
+}
+
+
+@pytest.mark.parametrize("command", list(HURRIED))
+def test_bad_input_gets_one_line_and_exit_2(tmp_path, command):
+    (tmp_path / "something").write_text("x")
+    result = subprocess.run([sys.executable, "-m", "jobs.cli", *command.format(tmp=tmp_path).split()],
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and HURRIED[command] in lines[0], result.stderr
+
+
+def test_a_full_disk_is_one_line_and_a_bug_is_not(tmp_path):
+    with pytest.raises(OSError) as full, open("/dev/full", "w") as f:  # the kernel's always-full device
+        f.write("x")
+    assert user_error_message(full.value) == "No space left on device; free some space or write elsewhere"
+    with pytest.raises(FileNotFoundError) as missing:
+        open(tmp_path / "gone.json")
+    assert user_error_message(missing.value) == f"No such file or directory: {tmp_path / 'gone.json'}"
+    assert user_error_message(ZeroDivisionError("a bug")) is None
+    assert user_error_message(KeyError("not ours")) is None

@@ -44,3 +44,12 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(corpus, refe
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # Steps 1-2 come from the step-2 checkpoint; 3 and 4 were trained again after the resume, then 5 and 6.
     assert [(m["step"], m["resumes"]) for m in history] == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 1)]
+
+    # The same --out with other patches (LoRA only: --sides ''): refused before any worker starts, one line.
+    other = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "train", "--config", str(out / RUN_CONFIG), "--sides", ""],
+        cwd=REPO, env={**os.environ, "RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=240)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-3000:]
+    assert f"run 'fallback' has checkpoints of another model (model.patches differ from {out / RUN_CONFIG})" \
+        in other.stderr
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # nothing trained
