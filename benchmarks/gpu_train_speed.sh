@@ -6,7 +6,9 @@
 # `train` also needs .whl/ray.tar.xz (the Ray 2.60 wheel unpacked, without ray/jars and ray/dashboard/client) and the
 # wheels of jsonschema, jsonschema-specifications, referencing, rpds-py and tensorboardX.
 # `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
-#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp
+# `gputest` runs the recipe's tests on the GPU (pytest, pluggy, iniconfig, pytest-timeout wheels); `packed 7b|0.5b
+# CASE...` times batches, e.g. "1" "4 --pack" (packed: FlexAttention); 0.5B is prepared in /tmp/bench05.
+#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp|gputest|packed 7b|0.5b CASE...
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -18,6 +20,15 @@ case "$1" in
       python3 benchmarks/train_bench.py step $DIR --batch 1 2 --checkpointing $case 2>&1 | grep -E '^\{|activation checkpointing|Error'
     done ;;
   anchor) python3 .whl/anchor_llm_lora_levers.py 1:6332:1:0.05:0:0 ;;
+  gputest) python3 -m pytest -q -p no:cacheprovider tests/training/test_recipe.py 2>&1 | tail -3 ;;
+  packed)  # packed PRESET "BATCH [--pack]"...: one process per case (a compiled process that changes sequence
+    # length is its own question)
+    preset=$2; dir=$([ "$preset" = 7b ] && echo $DIR || echo /tmp/bench05); shift 2
+    [ -f $dir/base/config.json ] || python3 benchmarks/train_bench.py prepare $dir --preset $preset --videos 16 | tail -1
+    for case in "$@"; do
+      python3 benchmarks/train_bench.py step $dir --batch $case --iters 5 --warmup 3 2>&1 \
+        | grep -E '^\{|recompil|Error' | cut -c1-700
+    done ;;
   train|scale)  # `pave train` (Ray Train, GPU workers) with the defaults: auto checkpointing, compiled layers
     tar xJf .whl/ray.tar.xz -C /tmp/site
     workers=${2:-1}; strategy=${3:-ddp}; run=/tmp/run7b-$workers-$strategy

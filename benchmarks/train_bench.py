@@ -167,6 +167,7 @@ def step(args) -> None:
             "bench": "train_step", "device": device_name, "base": recipe.model.hf.config.text_config.hidden_size,
             "batch": batch_size, "seq_len": tokens / batch_size, "checkpointing": args.checkpointing,
             "checkpointed_layers": len(recipe.checkpointed), "compile": args.compile, "pack": args.pack,
+            "attention": recipe.attention,
             "step_ms": round(ms, 1), "tokens_per_s": round(tokens_per_s),
             "samples_per_s": round(batch_size / (ms / 1000), 2),
             "mfu": mfu(dense * tokens_per_s), "mfu_attn": mfu(with_attn * tokens_per_s),

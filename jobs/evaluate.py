@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="default: the run config's eval.batch_size")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="default: the run config's eval.max_new_tokens")
     parser.add_argument("--name", default="", help="label of this model in the report (default: checkpoint dir)")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="evaluate on features or a base model other than those the checkpoint was trained on "
+                             "(refused by default), with a warning")
 
 
 def fingerprints(values: list[str]) -> dict[str, str]:
@@ -38,7 +41,8 @@ def run(args) -> int:
     out = Path(output_path(args.out, "--out"))
     request = EvalRequest(args.annotations, args.checkpoint, args.store, args.base_model,
                           fingerprints(args.fingerprint), args.workers, args.gpus_per_worker,
-                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                          allow_mismatch=args.allow_mismatch)
     try:
         init_ray()
         report = evaluate(request)

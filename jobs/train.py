@@ -1,7 +1,8 @@
 """`pave train`: PAVE patches + LoRA on a frozen LLaVA-OneVision, trained by Ray Train workers from a feature store.
 The command line is the run config's (training/config.py: `--config FILE` plus `--section.field` flags, the short
 flags as aliases); the training itself is training/. Outputs in --out: run_config.yaml, ray/ (Ray Train run:
-checkpoints, data_order/), final/ (peft adapter + patches + run_config.yaml), metrics.jsonl, loss_curve.png."""
+checkpoints, data_order/), final/ (peft adapter + patches + run_config.yaml + provenance.json: what it was trained
+on, training/provenance.py), metrics.jsonl, loss_curve.png."""
 import time
 from pathlib import Path
 

@@ -1,7 +1,9 @@
 """The checkpoint format. A checkpoint holds only what training changes: the trainable weights (safetensors, full
 state dict, so a DDP and an FSDP run read each other's) and trainer_state.pt (optimizer, scheduler, TrainState:
-step, data position, resumes, loss history), with the sha256 of both files: damaged bytes may still load (neither
-format checks its contents) and would resume from wrong weights."""
+step, data position, resumes, loss history), plus provenance.json (what the run trains on: training/provenance.py;
+its own file, so that the driver checks a resume against it without loading the optimizer state), with the sha256 of
+every file: damaged bytes may still load (neither format checks its contents) and would resume from wrong weights.
+Checkpoints written before provenance was recorded lack that file and its checksum, and still load."""
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -9,6 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from training.provenance import PROVENANCE
+from training.provenance import save as save_provenance
 
 TRAINABLE = "trainable.safetensors"
 TRAINER_STATE = "trainer_state.pt"
@@ -32,17 +37,20 @@ def sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write(directory: Path, weights: dict, optimizer: dict, scheduler: dict, state: TrainState) -> None:
+def write(directory: Path, weights: dict, optimizer: dict, scheduler: dict, state: TrainState,
+          provenance: dict) -> None:
     save_file(weights, directory / TRAINABLE)
     torch.save({"optimizer": optimizer, "scheduler": scheduler, "state": asdict(state)}, directory / TRAINER_STATE)
-    digests = {name: sha256(directory / name) for name in (TRAINABLE, TRAINER_STATE)}
+    save_provenance(directory, provenance)
+    digests = {name: sha256(directory / name) for name in (TRAINABLE, TRAINER_STATE, PROVENANCE)}
     (directory / CHECKSUMS).write_text(json.dumps(digests))
 
 
 def check_files(directory: Path) -> None:
     """Raise unless the checkpoint's files are byte for byte those written (CHECKSUMS, recorded when saving)."""
     recorded = json.loads((directory / CHECKSUMS).read_text())
-    damaged = [name for name in (TRAINABLE, TRAINER_STATE) if sha256(directory / name) != recorded.get(name)]
+    names = dict.fromkeys([TRAINABLE, TRAINER_STATE, *recorded])  # PROVENANCE: in those written since it exists
+    damaged = [name for name in names if sha256(directory / name) != recorded.get(name)]
     if damaged:
         raise ValueError(f"{', '.join(damaged)}: not the bytes written (sha256 differs from {CHECKSUMS})")
 

@@ -73,6 +73,10 @@ class ModelConfig:
     # for the run's longest batch; none on CPU), "none", "full", or a number of layers (spread evenly)
     activation_checkpointing: str = "auto"
     compile: bool | None = None  # torch.compile each LLM decoder layer (regional); None: on with GPUs
+    # LLM attention kernel: "sdpa" (one causal sequence per row: its flash kernel), "flex" (FlexAttention: packed
+    # samples attend block-causally through a block-sparse mask, no dense mask; GPU only, it has no CPU backward),
+    # "auto": flex for --data.pack on GPUs, else sdpa
+    attention: Literal["auto", "sdpa", "flex"] = "auto"
 
 
 @with_config(STRICT)

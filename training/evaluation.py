@@ -3,20 +3,27 @@ Ray Data actors that each build the model on their own device (GPU when given), 
 exact match after normalisation, and CIDEr (pycocoevalcap) for free-text answers. The driver never builds a model.
 
 A checkpoint carries its run config: base model, side channels and store versions come from it, so an evaluation
-needs no training flags repeated; a base model or a store version given explicitly overrides the recorded one.
+needs no training flags repeated; a base model or a store version given explicitly overrides the recorded one. It
+also carries its provenance (training/provenance.py): features, token layout and base model other than those it was
+trained on are refused before any generation, unless allowed explicitly (--allow-mismatch).
 """
 import json
+import logging
 import os
 import re
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from featurestore import FeatureStore, Version
 from pipelines.annotations import load_annotations
 from pipelines.training_data import check_samples, feature_dataset, modality_dtypes, open_versions
+from training import provenance
 from training.config import RUN_CONFIG, ConfigError, RunConfig, load
+from training.provenance import ProvenanceError
 
 ACTOR_START_TIMEOUT_S = 1800  # a 7B model loading from network storage
+log = logging.getLogger(__name__)
 
 
 def normalise(text: str) -> str:
@@ -45,6 +52,7 @@ class EvalRequest:
     cpus_per_worker: float = 1.0
     batch_size: int = 0  # 0: the run config's eval.batch_size
     max_new_tokens: int = 0  # 0: the run config's eval.max_new_tokens
+    allow_mismatch: bool = False  # evaluate on features or a base model other than the checkpoint's, with a warning
 
     def resolve(self) -> tuple[RunConfig, "EvalRequest"]:
         """The checkpoint's run config (defaults without one) and this request with its gaps filled from it."""
@@ -101,14 +109,46 @@ class Generate:
                 "worker": [self.worker] * len(predictions)}
 
 
+def checked_versions(given: EvalRequest, request: EvalRequest, run: RunConfig) -> dict[str, Version]:
+    """The store version of each modality to evaluate on (`request`: `given` resolved), checked against what the
+    checkpoint was trained on: a difference raises ProvenanceError, or with allow_mismatch logs a warning. A store
+    without the recorded version (another store, features materialized again) gives its only version, so that the
+    refusal names both. A checkpoint without provenance (written before it was recorded, or imported) is evaluated on
+    its run config's versions, with a warning that nothing is checked."""
+    trained_on = provenance.load(Path(request.checkpoint)) if request.checkpoint else None
+    if request.checkpoint and trained_on is None:
+        log.warning("checkpoint %s records no provenance (written before it was recorded, or imported): the feature "
+                    "versions and base model it was trained on are unknown, not checked", request.checkpoint)
+    fingerprints = dict(request.fingerprints)  # the given ones over the recorded ones
+    if trained_on is not None:
+        stored = FeatureStore(request.store)
+        for m in run.modalities:
+            held = {v.fingerprint_id for v in stored.versions(m)}
+            if m not in given.fingerprints and fingerprints.get(m) not in held:
+                fingerprints.pop(m, None)
+    versions = open_versions(request.store, run.modalities, fingerprints)
+    if trained_on is None:
+        return versions
+    current = provenance.record(request.base_model, versions, run.model.newline)
+    store = f"--store {request.store}" if given.store else f"its store {request.store} now"
+    base = f"--base-model {request.base_model}" if given.base_model else f"{request.base_model} now"
+    if found := provenance.differences(trained_on, current, store, base):
+        message = f"checkpoint {request.checkpoint} was trained on {'; on '.join(found)}"
+        if not request.allow_mismatch:
+            raise ProvenanceError(f"{message}; pass --allow-mismatch to evaluate across versions deliberately")
+        log.warning("%s; evaluating anyway (--allow-mismatch)", message)
+    return versions
+
+
 def evaluate(request: EvalRequest) -> dict:
     """Generate for every sample of request.annotations on request.workers Ray actors and score; the report (a dict)
     holds the metrics, every prediction (sorted by id) and the workers that generated."""
     import ray
 
+    given = request
     run, request = request.resolve()
     samples = load_annotations(request.annotations)
-    versions = open_versions(request.store, run.modalities, request.fingerprints)
+    versions = checked_versions(given, request, run)
     check_samples(samples, versions, request.annotations)
     generation = feature_dataset(samples, versions).map_batches(
         Generate, batch_size=request.batch_size, num_gpus=request.gpus_per_worker, num_cpus=request.cpus_per_worker,

@@ -1,5 +1,6 @@
 """The driver side of a training run: check the inputs, then hand the run to Ray Train workers (training/loop.py).
 The driver never builds the base model: workers build it on their devices, and rank 0 exports the result."""
+import logging
 import math
 from pathlib import Path
 
@@ -8,8 +9,12 @@ from model.llava import VideoLayout
 from model.tiny import save_tiny_base
 from pipelines.annotations import load_annotations
 from pipelines.training_data import check_samples, open_versions
+from training import checkpoint, provenance
 from training.config import RUN_CONFIG, ConfigError, RunConfig, load, save, to_dict
 from training.data import DataOrder
+from training.provenance import ProvenanceError
+
+log = logging.getLogger(__name__)
 
 
 def patch_grid(video: TokenSchema) -> int:
@@ -50,6 +55,29 @@ def check_resume(cfg: RunConfig, out: Path) -> None:
                           "new --out or --name")
 
 
+def check_resume_provenance(cfg: RunConfig, out: Path, current: dict) -> None:
+    """A run resumed into the same --out and --name must train on what its checkpoints were trained on (`current`:
+    this run's provenance), or the resumed steps would fit one set of weights to two feature versions or two bases.
+    Every checkpoint is checked: a worker may fall back to any of them."""
+    unknown = []
+    for directory in checkpoint.candidates(out / "ray" / cfg.name):
+        try:
+            recorded = provenance.load(directory)
+        except (OSError, ValueError):  # cut short by a crash: the worker skips it as unusable (checksums)
+            continue
+        if recorded is None:
+            unknown.append(directory.name)
+            continue
+        if found := provenance.differences(recorded, current, f"--store {cfg.data.store}",
+                                           f"--base-model {cfg.model.base}"):
+            raise ProvenanceError(f"{out}: run {cfg.name!r} has checkpoints ({directory.name}) trained on "
+                                  f"{'; on '.join(found)}; resume with the same store versions and base model, or "
+                                  "train into a new --out or --name")
+    if unknown:
+        log.warning("%s: run %r has checkpoints written before provenance was recorded (%s): the feature versions "
+                    "and base model they were trained on are unknown, not checked", out, cfg.name, ", ".join(unknown))
+
+
 def fit(cfg: RunConfig) -> Path:
     """Train on the Ray cluster this process is connected to (the caller initialises Ray: jobs/ray_runtime.py);
     returns the exported final directory (`PaveLlava.from_pretrained` layout + the run config)."""
@@ -73,6 +101,7 @@ def fit(cfg: RunConfig) -> Path:
         cfg.model.tiny_base = False
     check_video_fits(cfg.model.base, versions["video"].schema)
     check_resume(cfg, out)
+    check_resume_provenance(cfg, out, provenance.record(cfg.model.base, versions, cfg.model.newline))
     save(cfg, out)
 
     trainer = TorchTrainer(

@@ -9,7 +9,7 @@ import torch
 
 from model.llava import PaveLlava, lora_config
 from model.patch import PatchConfig, PavePatch
-from training.config import RunConfig
+from training.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 # Activation memory of one decoder layer per token without checkpointing, in units of (hidden + intermediate) bf16
@@ -42,6 +42,16 @@ def build_model(cfg: RunConfig, dims: dict[str, int], dtype: torch.dtype, base=N
         lora = cfg.model.lora
         model.add_lora(lora_config(lora.r, lora.alpha, lora.dropout))
     return model
+
+
+def attention_kernel(cfg: RunConfig, on_gpu: bool) -> str:
+    """The transformers attention implementation of the run's LLM (see ModelConfig.attention)."""
+    choice = cfg.model.attention
+    if choice == "auto":
+        choice = "flex" if cfg.data.pack and on_gpu else "sdpa"
+    if choice == "flex" and not on_gpu:
+        raise ConfigError("--model.attention flex: FlexAttention has no backward on CPU; use sdpa (or a GPU)")
+    return {"flex": "flex_attention", "sdpa": "sdpa"}[choice]
 
 
 def build_skeleton(cfg: RunConfig, dims: dict[str, int]) -> PaveLlava:

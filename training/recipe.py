@@ -22,12 +22,12 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from featurestore import Version
 from model.collate import Collator, token_count
 from pipelines.annotations import Sample
-from training import checkpoint
+from training import checkpoint, provenance
 from training.checkpoint import TrainState
 from training.config import RunConfig, save
 from training.data import DataOrder, FeatureLoader
-from training.modeling import (TrainingLoss, apply_checkpointing, build_model, build_skeleton, checkpointed_layer_count,
-                               compile_layers, fsdp, to_device)
+from training.modeling import (TrainingLoss, apply_checkpointing, attention_kernel, build_model, build_skeleton,
+                               checkpointed_layer_count, compile_layers, fsdp, to_device)
 
 log = logging.getLogger(__name__)
 # Checkpoints hold the trainable weights only. With cpu_offload the full state dict is gathered on rank 0 only
@@ -47,6 +47,8 @@ class Recipe:
         self.dims = {m: v.schema.dim for m, v in versions.items()}
         self.order = DataOrder(len(samples), world_size, cfg.data.batch_size, cfg.data.seed, cfg.data.shuffle)
         self.state = TrainState()
+        # what the weights are trained on, recorded with every checkpoint and the export
+        self.provenance = provenance.record(cfg.model.base, versions, cfg.model.newline)
 
     @property
     def on_gpu(self) -> bool:
@@ -56,6 +58,9 @@ class Recipe:
         cfg = self.cfg
         dtype = torch.bfloat16 if self.on_gpu else torch.float32
         self.model = build_model(cfg, self.dims, dtype)
+        self.attention = attention_kernel(cfg, self.on_gpu)
+        self.model.hf.model.language_model.set_attn_implementation(self.attention)  # the vision tower is not run
+        log.info("LLM attention: %s", self.attention)
         dtypes = {m: v.schema.dtype for m, v in self.versions.items()}
         self.collate = Collator(AutoTokenizer.from_pretrained(cfg.model.base), self.model.hf.config.video_token_id,
                                 self.model.layout, tuple(cfg.sides), dtypes, dtype, pack=cfg.data.pack)
@@ -142,7 +147,8 @@ class Recipe:
         weights = get_model_state_dict(self.module, options=TO_SAVE)
         optimizer = get_optimizer_state_dict(self.module, self.optimizer, options=TO_SAVE)
         if self.rank == 0:
-            checkpoint.write(Path(directory), weights, optimizer, self.scheduler.state_dict(), self.state)
+            checkpoint.write(Path(directory), weights, optimizer, self.scheduler.state_dict(), self.state,
+                             self.provenance)
 
     def load(self, directory: Path) -> None:
         """Weights, optimizer, scheduler and TrainState of an intact checkpoint; raises (loading nothing of it)
@@ -179,8 +185,9 @@ class Recipe:
 
     def export(self, final: Path) -> None:
         """The trained weights as a `PaveLlava.from_pretrained` directory (peft adapter + patches) with the run
-        config. Rank 0 writes it from the gathered state dict into a weightless copy of the model (meta device), so
-        DDP and FSDP runs export alike and no second base model is built. Every rank must call it."""
+        config and the provenance. Rank 0 writes it from the gathered state dict into a weightless copy of the model
+        (meta device), so DDP and FSDP runs export alike and no second base model is built. Every rank must call
+        it."""
         weights = get_model_state_dict(self.module, options=TO_SAVE)
         if self.rank != 0:
             return
@@ -191,3 +198,4 @@ class Recipe:
         final.mkdir(parents=True, exist_ok=True)
         skeleton.model.save_pretrained(final)
         save(self.cfg, final)
+        provenance.save(final, self.provenance)

@@ -7,8 +7,8 @@ from transformers import Qwen2Config
 from model.tiny import save_tiny_base
 from pipelines.annotations import load_annotations
 from pipelines.training_data import open_versions
-from training.config import parse
-from training.modeling import checkpointed_layer_count
+from training.config import ConfigError, parse
+from training.modeling import checkpointed_layer_count, to_device
 from training.recipe import Recipe
 
 QWEN2_7B = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28)
@@ -106,3 +106,37 @@ def test_a_packed_batch_gives_the_loss_and_gradients_of_its_samples_one_by_one(i
     for name, grad in packed_grads.items():
         expected = sum(w * g[name] for w, g in zip(weights, grads)) / total
         torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention trains on GPUs only (no CPU backward)")
+def test_flex_attention_trains_a_packed_batch_like_the_dense_block_causal_mask(inputs):
+    """GPU: the packed batch above, with FlexAttention (block-sparse mask) and with SDPA (a dense block-causal mask,
+    whose equality with the samples one by one the CPU test shows): the same loss and gradients, to bf16 rounding."""
+    store, annotations, base, samples = inputs
+    results = {}
+    for attention in ("flex", "sdpa"):
+        cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
+                     str(base), "--batch-size", "3", "--data.pack", "--patch-d-model", "32", "--lora-r", "8",
+                     "--model.lora.dropout", "0", "--model.attention", attention])
+        recipe = Recipe(cfg, samples, open_versions(store, cfg.modalities), torch.device("cuda")).setup()
+        assert recipe.attention == {"flex": "flex_attention", "sdpa": "sdpa"}[attention]
+        torch.manual_seed(0)
+        torch.nn.init.normal_(recipe.model.patches["audio"].out[-1].weight, std=0.1)
+        (_, batch), = [next(recipe.batches())]
+        assert batch["attention_mask"] is None and batch["input_ids"].shape[0] == 1
+        loss = recipe.module(to_device(batch, recipe.device))
+        loss.backward()
+        grads = torch.cat([p.grad.flatten().float() for _, p in sorted(recipe.module.named_parameters())
+                           if p.grad is not None])
+        results[attention] = loss.item(), grads
+    (flex_loss, flex_grads), (dense_loss, dense_grads) = results["flex"], results["sdpa"]
+    assert flex_loss == pytest.approx(dense_loss, rel=1e-2)
+    assert (flex_grads - dense_grads).norm() < 0.05 * dense_grads.norm()
+
+
+def test_flex_attention_is_refused_on_cpu(inputs):
+    store, annotations, base, samples = inputs
+    cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
+                 str(base), "--data.pack", "--model.attention", "flex"])
+    with pytest.raises(ConfigError, match="FlexAttention has no backward on CPU"):
+        Recipe(cfg, samples, open_versions(store, cfg.modalities), torch.device("cpu")).setup()
