@@ -62,9 +62,9 @@ def run(args) -> int:
 
     print(f"\nPAVE demo: {len(load_annotations(eval_json))} held-out questions whose answer only the audio reveals "
           f"(chance = 0.50), {args.steps} training steps, {time.perf_counter() - started:.0f} s in all\n")
-    print(f"| model | exact match | CIDEr |\n|---|---:|---:|")
+    print("| model | exact match | CIDEr |\n|---|---:|---:|")
     for name, metrics in models.items():
         print(f"| {name} | {metrics['exact_match']:.2f} | {metrics['cider']:.2f} |")
-    print(f"\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print("\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(f"reports: {work / 'reports'}; loss curves: {work / 'runs'}/*/loss_curve.png")
     return 0

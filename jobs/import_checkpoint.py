@@ -17,18 +17,15 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from jobs.ray_runtime import output_path
-    from model.official import OfficialCheckpointError, import_official
+    from jobs.ray_runtime import base_model_path, output_path
+    from model.official import import_official
     from model.patch import PatchConfig
     from training.config import RunConfig, save
 
     out = Path(output_path(args.out, "--out"))
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"pave import-checkpoint: --out {out} is not empty; give a new directory")
-    try:
-        final = import_official(args.source, out, args.base_model, args.side, args.num_heads)
-    except (OfficialCheckpointError, OSError) as err:
-        raise SystemExit(f"pave import-checkpoint: {err}") from None
+    final = import_official(args.source, out, base_model_path(args.base_model), args.side, args.num_heads)
 
     patch = PatchConfig(**json.loads((final / "patches" / args.side / "config.json").read_text()))
     run_config = RunConfig(out=str(final))

@@ -8,29 +8,21 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from featurestore import FeatureError
-    from jobs.ray_runtime import init_ray, output_path
-    from pipelines.annotations import AnnotationError
-    from training.config import ConfigError, parse
-    from training.data import DataOrderError
+    from jobs.ray_runtime import base_model_path, init_ray, output_path
+    from training.config import parse
     from training.launch import fit
 
     started = time.perf_counter()
-    try:
-        cfg = parse(argv)
-        # absolute paths: Ray Train workers do not run in this directory
-        cfg.out = output_path(cfg.out, "--out")
-        cfg.data.store = output_path(cfg.data.store, "--store", urls=True)
-        cfg.data.annotations = output_path(cfg.data.annotations, "--annotations")
-        if cfg.model.base:
-            cfg.model.base = output_path(cfg.model.base, "--base-model")
-            if not (Path(cfg.model.base) / "config.json").exists():
-                raise ConfigError(f"--base-model {cfg.model.base}: no config.json there; expected a local "
-                                  "LLaVA-OneVision directory (save_pretrained layout)")
-        init_ray()
-        final = fit(cfg)
-    except (ConfigError, AnnotationError, DataOrderError, FeatureError) as err:  # bad input: one clear line
-        raise SystemExit(f"pave train: {err}") from None
+    # bad input raises errors that jobs/cli.py prints as one line
+    cfg = parse(argv)
+    # absolute paths: Ray Train workers do not run in this directory
+    cfg.out = output_path(cfg.out, "--out")
+    cfg.data.store = output_path(cfg.data.store, "--store", urls=True)
+    cfg.data.annotations = output_path(cfg.data.annotations, "--annotations")
+    if cfg.model.base:
+        cfg.model.base = base_model_path(output_path(cfg.model.base, "--base-model"))
+    init_ray()
+    final = fit(cfg)
     print(f"trained {cfg.optim.steps} steps in {time.perf_counter() - started:.0f} s -> {final}")
     print(f"loss curve: {Path(cfg.out) / 'loss_curve.png'}")
     return 0

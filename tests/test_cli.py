@@ -17,7 +17,7 @@ def test_help_lists_every_subcommand():
 
 HURRIED = {  # a typo'd command -> what its one line must say
     "model-info --base-model /nonexistent": "pave model-info: --base-model /nonexistent: no config.json there",
-    "import-checkpoint {tmp} --out {tmp}/out --base-model {tmp} --side audio": "no non_lora_trainables.bin",
+    "import-checkpoint {tmp} --out {tmp}/out --base-model {tmp} --side audio": "no config.json there",
     "make-corpus {tmp} --videos 2": "not empty",
     "materialize --input {tmp} --store {tmp}/store --modalities vidoe": "unknown modalities ['vidoe']",
 }
