@@ -21,7 +21,10 @@ def _current(files: Files, item_dir: str) -> tuple[int, dict | None]:
     if not generations:
         return -1, None
     newest = max(generations)
-    return newest, files.read_json(f"{item_dir}/{newest:09d}.json")
+    try:
+        return newest, files.read_json(f"{item_dir}/{newest:09d}.json")
+    except FileNotFoundError:  # gc removed the item's claims since the listing (they had expired): none in force
+        return -1, None
 
 
 def claim(files: Files, claims_dir: str, items: list[str], owner: str, lease_s: float) -> list[str]:
@@ -37,6 +40,23 @@ def claim(files: Files, claims_dir: str, items: list[str], owner: str, lease_s: 
         if files.create_json(f"{item_dir}/{generation + 1:09d}.json", record):
             granted.append(item)
     return granted
+
+
+def live(files: Files, claims_dir: str) -> dict[str, str]:
+    """item -> owner, for every claim whose lease runs."""
+    out = {}
+    for key in files.children(claims_dir, "directory"):
+        _, current = _current(files, f"{claims_dir}/{key}")
+        if current and current["expires"] > time.time():
+            out[current["item"]] = current["owner"]
+    return out
+
+
+def release(files: Files, claims_dir: str, owner: str) -> list[str]:
+    """End every live lease of `owner` (a zero lease, as a new generation): for a job that stops early, so that
+    any other job takes its items at once instead of waiting for the leases to run out."""
+    mine = [item for item, holder in live(files, claims_dir).items() if holder == owner]
+    return claim(files, claims_dir, mine, owner, lease_s=0)
 
 
 def removable(files: Files, claims_dir: str, committed: set[str]) -> list[str]:

@@ -1,10 +1,12 @@
-"""The store's small JSON side files (commit records, claims), through fsspec so that local disks and object stores
-behave the same. Two primitives carry all the concurrency guarantees:
+"""The store's small JSON side files (version definitions, commit records, claims, gc marks), through fsspec so
+that local disks and object stores behave the same. Two primitives carry all the concurrency guarantees:
 - `put_json`: a reader sees the old file or the whole new one, never a torn one (local: tmp + rename; object
   stores: a single PUT is atomic);
 - `create_json`: exactly one of several racing creators succeeds, and the winner's content is complete when the
   file appears (local: hard link of a finished tmp file, which fails if the name exists; object stores: open with
   mode "xb", a conditional PUT - needs a filesystem that implements it, e.g. s3fs, or the local and memory ones)."""
+import contextlib
+import errno
 import json
 import os
 import time
@@ -30,9 +32,7 @@ class Files:
         if not self.local:
             self.fs.pipe_file(self.abs(path), data)
             return
-        target = self.abs(path)
-        tmp = self._write_tmp(target, data)
-        os.replace(tmp, target)
+        self._write_local(self.abs(path), data, os.replace)
 
     def create_json(self, path: str, obj) -> bool:
         """Create `path` holding `obj` unless it exists; True if this call created it."""
@@ -43,23 +43,32 @@ class Files:
                 with self.fs.open(target, "xb") as f:
                     f.write(data)
                 return True
-            tmp = self._write_tmp(target, data)
-            try:
-                os.link(tmp, target)
-            finally:
-                os.unlink(tmp)
+            self._write_local(target, data, os.link)
             return True
         except FileExistsError:
             return False
 
     @staticmethod
-    def _write_tmp(target: str, data: bytes) -> str:
+    def _write_local(target: str, data: bytes, place) -> None:
+        """Write `data` to a tmp file next to `target`, then `place` it there (os.replace, or os.link: fails if
+        `target` exists). A gc run that removes the directory meanwhile takes the tmp file with it: write again
+        (the caller then finds out from the store that gc removed what it writes into)."""
         directory, name = os.path.split(target)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")  # dot-prefixed: listings skip it
-        with open(tmp, "wb") as f:
-            f.write(data)
-        return tmp
+        for attempt in range(3):
+            tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")  # dot-prefixed: listings skip it
+            try:
+                with contextlib.suppress(FileExistsError):  # made, then removed by gc at once: open() fails then
+                    os.makedirs(directory, exist_ok=True)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                place(tmp, target)
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+            finally:
+                with contextlib.suppress(FileNotFoundError):  # placed by os.replace, or taken by gc
+                    os.unlink(tmp)
 
     def children(self, path: str, kind: str) -> list[str]:
         """Sorted names of the entries of `path` of `kind` ("file" | "directory"), hidden ones excluded;
@@ -76,15 +85,46 @@ class Files:
         `max_age_s`, as paths relative to the root (only local stores make tmp files)."""
         if not self.local:
             return []
-        now = time.time()
-        return [
-            os.path.relpath(p, self.root)
-            for p in self.fs.find(self.abs(path))
-            if os.path.basename(p).startswith(".") and now - os.path.getmtime(p) > max_age_s
-        ]
+        now, out = time.time(), []
+        for p in self.fs.find(self.abs(path)):
+            try:
+                if os.path.basename(p).startswith(".") and now - os.path.getmtime(p) > max_age_s:
+                    out.append(os.path.relpath(p, self.root))
+            except FileNotFoundError:  # renamed into place, or removed by another gc, since the listing
+                pass
+        return out
 
     def remove(self, path: str) -> None:
-        self.fs.rm(self.abs(path), recursive=True)
+        """Remove `path` and everything under it. Another gc run may be removing it at the same time: what is gone
+        already is fine. A directory that holds a new entry once its listed ones are gone is left as it is: someone
+        writes there now (a writer that recreated a version gc removes; it will find out, see store.py)."""
+        target = self.abs(path)
+        if not self.local:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(target, recursive=True)
+            return
+        if not os.path.isdir(target):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            return
+        for directory, _, names in os.walk(target, topdown=False):  # a directory after everything in it
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+            _remove_empty_dir(directory)
+
+    def remove_empty_dir(self, path: str) -> None:
+        """Remove the directory `path` if it is empty (object stores have no directories)."""
+        if self.local:
+            _remove_empty_dir(self.abs(path))
 
     def exists(self, path: str) -> bool:
         return self.fs.exists(self.abs(path))
+
+
+def _remove_empty_dir(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            raise

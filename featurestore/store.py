@@ -2,13 +2,15 @@
 
 Layout:
     STORE/zarr.json                                  root group
-    STORE/<modality>/<fingerprint id>/zarr.json      group, attrs {schema, fingerprint}
+    STORE/<modality>/<fingerprint id>/zarr.json      group, attrs {schema, fingerprint, created}: the definition
         parts/<part id>/{tokens,t_start,t_end,<extras>,offsets}   Zarr v3 sharded arrays written by one writer
         commits/<part id>.json                       commit record: what makes a part visible
         claims/<item key>/<generation>.json          item leases of concurrent writers
+        removing/<gc run>.json                       a gc run is removing the version (FeatureStore._remove)
 
 Readers build their index from commit records only, so a part whose writer died is never seen. If an item was
 committed twice (a writer kept writing after its lease expired and another took over), the earliest commit wins.
+A version directory without a readable definition is skipped by readers and reported by `damage()`.
 Objects hold only the URL/options and lazily built caches that are not pickled: safe to ship to Ray tasks."""
 import os
 import socket
@@ -27,6 +29,9 @@ from .layout import SHARD_BYTES
 from .reader import open_rows
 from .schema import NAME, Fingerprint, FeatureError, TokenSchema
 from .writer import PartWriter
+
+GROUP = {"zarr_format": 3, "node_type": "group"}  # Zarr v3 group metadata, less the attributes
+REMOVING = "removing"
 
 
 class ItemNotFound(KeyError):
@@ -83,9 +88,13 @@ class FeatureStore(_Cached):
         return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options)
 
     def versions(self, modality: str | None = None) -> list[VersionInfo]:
+        """The readable versions (`damage()` says what is wrong with the others)."""
         out = []
-        for version in self._all_versions(modality):
-            index = version.index()
+        for version in self.scan(modality)[0]:
+            try:
+                index = version.index()
+            except FeatureError:  # a commit record is torn (damage() reports it), or gc removed it since the scan
+                continue
             out.append(
                 VersionInfo(
                     modality=version.schema.modality,
@@ -98,80 +107,171 @@ class FeatureStore(_Cached):
             )
         return out
 
-    def _ensure_group(self, path: str, attributes: dict | None = None) -> None:
-        """Create the group unless it exists. Jobs that start together race to create it: zarr's mode "a" checks,
-        then refuses to create over a group that appeared in between; that group is the one wanted (its definition
-        is checked by the caller)."""
-        try:
-            zarr.open_group(self.zarr_store, path=path, mode="a", attributes=attributes)
-        except zarr.errors.ContainsGroupError:
-            pass
+    def damage(self) -> list[str]:
+        """What a cheap look (no values read; `Version.verify` reads them) finds wrong, one line each: version
+        directories without a readable definition, torn commit records, committed parts whose arrays are gone."""
+        versions, incomplete = self.scan()
+        return list(incomplete.values()) + [problem for version in versions for problem in version.damage()]
 
     def create_version(self, schema: TokenSchema, fp: Fingerprint) -> "Version":
         """Create the version, or return it if it exists with the same schema and fingerprint spec."""
         if fp.spec.get("dtype") != schema.dtype:
             raise FeatureError(f"fingerprint dtype {fp.spec.get('dtype')!r} != schema dtype {schema.dtype!r}")
-        attrs = {"schema": schema.to_json(), "fingerprint": {"id": fp.id, "spec": fp.spec}}
         path = f"{schema.modality}/{fp.id}"
-        self._ensure_group(path, attrs)
-        self._ensure_group(f"{path}/parts")
-        version = self._open_version(path)
+        for group in ("", f"{schema.modality}/"):  # the Zarr groups above the version
+            self.files.create_json(f"{group}zarr.json", {**GROUP, "attributes": {}})
+        # The definition appears whole, in one exclusive create, before anything else of the version exists: racing
+        # creators agree on one, and no reader or gc ever sees the version without it.
+        definition = {**GROUP, "attributes": {"schema": schema.to_json(), "fingerprint": {"id": fp.id, "spec": fp.spec},
+                                              "created": time.time()}}
+        if not self.files.create_json(f"{path}/zarr.json", definition):
+            try:
+                self._read_version(path)
+            except FeatureError:  # lost or torn, e.g. by a gc before this one: restore it, it is this definition
+                self.files.put_json(f"{path}/zarr.json", definition)
+        version = self._read_version(path)
         if version.schema != schema or version.fingerprint != fp:
             raise FeatureError(
                 f"version {path} exists with a different definition: stored {version.schema}, "
                 f"{version.fingerprint.spec}; requested {schema}, {fp.spec}. "
                 "A fingerprint must change when what it describes changes."
             )
+        version.check_alive()
         return version
 
     def version(self, modality: str, fingerprint_id: str | None = None) -> "Version":
         """The version of `modality` whose fingerprint id starts with `fingerprint_id` (the only one if None)."""
-        candidates = [
-            v for v in self._all_versions(modality) if v.fingerprint.id.startswith(fingerprint_id or "")
-        ]
+        versions, incomplete = self.scan(modality)
+        candidates = [v for v in versions if v.fingerprint.id.startswith(fingerprint_id or "")]
         if len(candidates) != 1:
-            known = [v.fingerprint.id for v in self._all_versions(modality)]
+            known = [v.fingerprint.id for v in versions]
             if not known:
-                have = sorted({v.schema.modality for v in self._all_versions(None)})
-                raise FeatureError(f"{self.url} has no {modality!r} features (it has: {', '.join(have) or 'nothing'})")
+                have = sorted({v.schema.modality for v in self.scan()[0]})
+                unreadable = f"; unreadable: {'; '.join(incomplete.values())}" if incomplete else ""
+                raise FeatureError(f"{self.url} has no {modality!r} features (it has: {', '.join(have) or 'nothing'})"
+                                   + unreadable)
             wanted = f"fingerprint {fingerprint_id!r}" if fingerprint_id else "a single version"
             raise FeatureError(f"{self.url}: {wanted} of {modality!r} not found unambiguously; versions: {known}")
         return candidates[0]
 
     def gc(self, keep: list[str], grace_s: float = 3600.0, dry_run: bool = False) -> list[str]:
-        """Remove every version whose fingerprint id is not in `keep`, and in kept versions the parts nobody
-        committed whose writer has not shown life for `grace_s`, leftover tmp files, and claims no writer needs.
-        Returns the removed paths (relative to the store). Unknown ids in `keep` are an error: a typo must not
-        delete everything."""
-        versions = self._all_versions(None)
-        unknown = set(keep) - {v.fingerprint.id for v in versions}
+        """Remove every version whose fingerprint id is not in `keep` (version directories without a readable
+        definition too) unless a writer may still use it: anything of it is younger than `grace_s`, or a claim on
+        one of its items is live. In kept versions, remove the parts nobody committed that are idle for `grace_s`
+        and whose writer holds no live claim, leftover tmp files, claims no writer needs, and the marks of gc runs
+        that stopped midway (older than `grace_s`). Returns the removed paths (relative to the store). Unknown ids
+        in `keep` are an error: a typo must not delete everything. Safe beside writers and other gc runs (_remove)."""
+        dirs = [f"{m}/{fp}" for m in self.files.children("", "directory") if NAME.match(m)
+                for fp in self.files.children(m, "directory")]
+        unknown = set(keep) - {path.rsplit("/", 1)[1] for path in dirs}
         if unknown:
             raise FeatureError(f"unknown fingerprint ids to keep: {sorted(unknown)}; nothing removed")
-        doomed = []
-        for version in versions:
-            if version.fingerprint.id in keep:
-                doomed += version.garbage(grace_s)
-            else:
-                doomed.append(version.path)
-        if not dry_run:
-            for path in doomed:
-                self.files.remove(path)
-        return doomed
+        removed = []
+        for path in dirs:
+            if path.rsplit("/", 1)[1] not in keep:
+                # (A directory with nothing in it but tmp files is a version being created.)
+                idle = self._contents(path) and not self._in_use(path, grace_s)
+                if idle and (dry_run or self._remove(path, grace_s)):
+                    removed.append(path)
+                continue
+            try:
+                doomed = self._read_version(path).garbage(grace_s)
+            except FeatureError:  # kept but unreadable: left as it is, damage() reports it
+                continue
+            if not dry_run:
+                for garbage in doomed:
+                    self.files.remove(garbage)
+            removed += doomed
+        return removed
 
-    def _all_versions(self, modality: str | None) -> list["Version"]:
-        modalities = [modality] if modality else self.files.children("", "directory")
-        return [
-            self._open_version(f"{m}/{fp}")
-            for m in modalities
-            if NAME.match(m)
-            for fp in self.files.children(m, "directory")
-            if self.files.exists(f"{m}/{fp}/zarr.json")
-        ]
+    def _remove(self, path: str, grace_s: float) -> bool:
+        """Remove the version directory at `path` unless a writer turns out to use it; True if removed.
 
-    def _open_version(self, path: str) -> "Version":
-        attrs = zarr.open_group(self.zarr_store, path=path, mode="r").attrs
-        fp = attrs["fingerprint"]
-        return Version(self, TokenSchema.from_json(attrs["schema"]), Fingerprint(fp["id"], fp["spec"]))
+        gc marks the version, then looks for writers; a writer shows itself (a claim, a part), then looks for marks
+        (Version.check_alive). So either gc sees the writer and backs off, or the writer sees the mark and stops;
+        they cannot both miss each other. The definition goes first, so that readers stop seeing the version at
+        once, the mark last. Another gc run may do the same at the same time: each decides for itself, and what
+        the other removed already is fine. What a writer put back meanwhile stays: it saw the mark and stopped, and
+        a later gc run removes what it left."""
+        mark = f"{path}/{REMOVING}/{uuid.uuid4().hex}.json"
+        try:
+            self.files.put_json(mark, {"created": time.time()})
+        except FileNotFoundError:  # another gc run removed the directory under the mark, every time: it is gone
+            return False
+        if self._in_use(path, grace_s):
+            self.files.remove(mark)
+            return False
+        self.files.remove(f"{path}/zarr.json")
+        for name in self._contents(path) - {REMOVING}:
+            self.files.remove(f"{path}/{name}")
+        self.files.remove(mark)
+        for directory in (f"{path}/{REMOVING}", path):  # unless another gc run's mark, or a writer since, is there
+            self.files.remove_empty_dir(directory)
+        return True
+
+    def _in_use(self, path: str, grace_s: float) -> bool:
+        """Whether a writer may be using the version directory at `path`: its definition, a commit record or a part's
+        heartbeat is younger than `grace_s`, or a claim on one of its items is live."""
+        files, now = self.files, time.time()
+        stamps = [_attrs(files, path).get("created")]
+        stamps += [_attrs(files, f"{path}/parts/{part}").get("heartbeat")
+                   for part in files.children(f"{path}/parts", "directory")]
+        stamps += [_created(files, f"{path}/commits/{name}") for name in files.children(f"{path}/commits", "file")]
+        young = any(isinstance(t, (int, float)) and now - t < grace_s for t in stamps)
+        return young or bool(claims.live(files, f"{path}/claims"))
+
+    def scan(self, modality: str | None = None) -> tuple[list["Version"], dict[str, str]]:
+        """The versions, and the version directories that hold data but no readable definition (path -> what is
+        wrong). Directories a gc run is removing, or that hold nothing but claims or tmp files (a version being
+        created, a writer that lost a race with gc), are neither."""
+        versions, incomplete = [], {}
+        for m in [modality] if modality else self.files.children("", "directory"):
+            for fp in self.files.children(m, "directory") if NAME.match(m) else []:
+                path = f"{m}/{fp}"
+                try:
+                    versions.append(self._read_version(path))
+                except FeatureError as e:
+                    if self._contents(path) & {"zarr.json", "commits", "parts"} and not self._being_removed(path):
+                        incomplete[path] = (f"{e}, so its items cannot be read: rerun the job that wrote it (same "
+                                            "settings) to restore it, or `pave store gc` removes it")
+        return versions, incomplete
+
+    def _read_version(self, path: str) -> "Version":
+        """The version defined at `path`; FeatureError saying what is wrong when its definition is missing or torn."""
+        try:
+            attrs = self.files.read_json(f"{path}/zarr.json")["attributes"]
+            fp = Fingerprint(attrs["fingerprint"]["id"], attrs["fingerprint"]["spec"])
+            version = Version(self, TokenSchema.from_json(attrs["schema"]), fp)
+        except FileNotFoundError:
+            raise FeatureError(f"{path}: the version's definition (zarr.json) is missing") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise FeatureError(f"{path}: the version's definition (zarr.json) is torn or incomplete ({e!r})") from None
+        if version.path != path:
+            raise FeatureError(f"{path}: its zarr.json defines {version.path}")
+        return version
+
+    def _contents(self, path: str) -> set[str]:
+        return set(self.files.children(path, "file")) | set(self.files.children(path, "directory"))
+
+    def _being_removed(self, path: str) -> bool:
+        return bool(self.files.children(f"{path}/{REMOVING}", "file"))
+
+
+def _created(files: Files, path: str) -> float:
+    """The "created" time in the JSON file at `path` (a commit record, a gc mark); 0 when it is gone or torn."""
+    try:
+        return float(files.read_json(path)["created"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _attrs(files: Files, group: str) -> dict:
+    """The attributes of a Zarr group; {} while its metadata is not written yet, or when it is gone or torn."""
+    try:
+        attrs = files.read_json(f"{group}/zarr.json")["attributes"]
+        return attrs if isinstance(attrs, dict) else {}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return {}
 
 
 class Version(_Cached):
@@ -191,8 +291,9 @@ class Version(_Cached):
     # ---- reading ----
 
     def index(self, fresh: bool = False) -> _Index:
+        """The commit records, read once (or again with `fresh`); FeatureError naming a record that is torn."""
         if self._index is None or fresh:
-            records = [self.store.files.read_json(f"{self.path}/commits/{n}") for n in self._commit_names()]
+            records = [self._commit_record(name) for name in self._commit_names()]
             records.sort(key=lambda r: (r["created"], r["id"]))
             rows, failed = {}, {}
             for record in records:
@@ -201,6 +302,17 @@ class Version(_Cached):
                 failed.update(record["failed"])
             self._index = _Index(records, rows, {k: v for k, v in failed.items() if k not in rows})
         return self._index
+
+    def _commit_record(self, name: str) -> dict:
+        fields = {"id", "created", "items", "failed"}
+        try:
+            record = self.store.files.read_json(f"{self.path}/commits/{name}")
+            if not isinstance(record, dict) or fields - set(record):
+                raise ValueError(f"not a commit record with {sorted(fields)}")
+        except (FileNotFoundError, ValueError) as e:  # FileNotFoundError: a gc run is removing the version
+            raise FeatureError(f"{self.path}: commit record {name} is unreadable ({e}); run `pave store verify`") \
+                from None
+        return record
 
     def _commit_names(self) -> list[str]:
         return [n for n in self.store.files.children(f"{self.path}/commits", "file") if n.endswith(".json")]
@@ -253,12 +365,16 @@ class Version(_Cached):
         fetch reads only the tokens and extras it returns."""
         if part not in self._parts:
             path = f"{self.path}/parts/{part}"
-            group = zarr.open_group(self.store.zarr_store, path=path, mode="r")
             names = ["tokens", *self.schema.extras]
-            self._parts[part] = {
-                "arrays": {name: open_rows(self.store.files, f"{path}/{name}", group[name]) for name in names},
-                "times": (group["t_start"][:], group["t_end"][:]),
-            }
+            try:
+                group = zarr.open_group(self.store.zarr_store, path=path, mode="r")
+                self._parts[part] = {
+                    "arrays": {name: open_rows(self.store.files, f"{path}/{name}", group[name]) for name in names},
+                    "times": (group["t_start"][:], group["t_end"][:]),
+                }
+            except (FileNotFoundError, KeyError) as e:  # the part's group or an array is gone
+                raise FeatureError(f"{path}: committed, but its arrays are gone ({e!r}); run `pave store verify`") \
+                    from None
         return self._parts[part]
 
     def verify(self) -> list[str]:
@@ -266,43 +382,92 @@ class Version(_Cached):
 
         return verify_version(self)
 
+    def damage(self) -> list[str]:
+        """What a cheap look finds wrong (verify also reads the values): a torn commit record, committed parts whose
+        arrays are gone. [] when a gc run is removing the version or removed it."""
+        try:
+            records = self.index(fresh=True).records
+            problems = []
+        except FeatureError as e:
+            records, problems = [], [str(e)]
+        arrays = ["offsets", *self.schema.row_arrays()]
+        for record in filter(lambda r: r["items"], records):  # a part of failures only has no arrays
+            part = f"{self.path}/parts/{record['id']}"
+            missing = [name for name in arrays if not self.store.files.exists(f"{part}/{name}/zarr.json")]
+            if missing:
+                problems.append(f"{part}: committed ({len(record['items'])} items), but its arrays {missing} are gone; "
+                                "run `pave store verify`")
+        if problems and (not self.store.files.exists(f"{self.path}/zarr.json") or self.store._being_removed(self.path)):
+            return []  # a gc run removes the version: what it took already is not damage
+        return problems
+
+    def check_alive(self) -> None:
+        """Raise FeatureError if a gc run is removing this version or removed it (even if a writer has put some of its
+        files back since). Writers call it after they showed themselves to gc (a claim, a part) and before they
+        publish: see FeatureStore._remove."""
+        try:
+            current = self.store._read_version(self.path)
+            alive = (current.schema, current.fingerprint) == (self.schema, self.fingerprint)
+        except FeatureError:
+            alive = False
+        if not alive or self.store._being_removed(self.path):
+            raise FeatureError(f"{self.path} was removed, or is being removed, by `pave store gc` (not in its --keep, "
+                               "and idle): run the job again to make it anew (if no gc runs, one stopped midway: a later "
+                               "gc run clears its mark)")
+
     # ---- writing ----
 
     def claim(self, video_ids, owner: str, lease_s: float = 600) -> list[str]:
         """The ids `owner` may write now: not committed, and not claimed by another owner whose lease is live."""
+        self.check_alive()
         committed = self.index(fresh=True).rows
         todo = [v for v in video_ids if v not in committed]
-        return claims.claim(self.store.files, f"{self.path}/claims", todo, owner, lease_s)
+        granted = claims.claim(self.store.files, f"{self.path}/claims", todo, owner, lease_s)
+        if granted:
+            self.check_alive()  # a gc run that marked the version meanwhile may not have seen these claims
+        return granted
+
+    def release(self, owner: str) -> list[str]:
+        """End `owner`'s live claims at once, for a job that stops: other jobs need not wait for its leases."""
+        return claims.release(self.store.files, f"{self.path}/claims", owner)
 
     def writer(self, owner: str | None = None, shard_bytes: int = SHARD_BYTES) -> PartWriter:
         return PartWriter(self, owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", shard_bytes)
 
     def new_part_group(self, part_id: str, owner: str, now: float) -> zarr.Group:
         attrs = {"owner": owner, "created": now, "heartbeat": now}
+        self.check_alive()  # zarr would make the version's directory again, with an empty definition
         return zarr.create_group(self.store.zarr_store, path=f"{self.path}/parts/{part_id}", attributes=attrs)
 
     def publish(self, record: dict) -> None:
         """Make a written part visible: one atomic write of its commit record."""
+        self.check_alive()  # its part is on disk: a gc run that marked the version meanwhile may not have seen it
         self.store.files.put_json(f"{self.path}/commits/{record['id']}.json", record)
         self._index = None
 
     # ---- maintenance ----
 
     def garbage(self, grace_s: float) -> list[str]:
-        """Paths gc may remove in this version: uncommitted parts idle for `grace_s`, stale tmp files and claims."""
+        """Paths gc may remove in this version (a kept one): uncommitted parts idle for `grace_s` whose writer holds
+        no live claim, stale tmp files, claims and gc marks. [] when a commit record is torn: no part is then known
+        to be uncommitted."""
         files = self.store.files
-        committed_parts = {r["id"] for r in self.index(fresh=True).records}
+        try:
+            index = self.index(fresh=True)
+        except FeatureError:
+            return []
+        committed_parts = {r["id"] for r in index.records}
+        holders = set(claims.live(files, f"{self.path}/claims").values())
         out = []
         for part in files.children(f"{self.path}/parts", "directory"):
-            if part not in committed_parts and self._idle_for(part) > grace_s:
+            attrs = _attrs(files, f"{self.path}/parts/{part}")  # {} while being created, or torn: alive
+            idle = time.time() - attrs.get("heartbeat", time.time())
+            if part not in committed_parts and idle > grace_s and attrs.get("owner") not in holders:
                 out.append(f"{self.path}/parts/{part}")
         out += files.stale_tmp_files(self.path, grace_s)
-        out += claims.removable(files, f"{self.path}/claims", set(self.index().rows))
+        out += claims.removable(files, f"{self.path}/claims", set(index.rows))
+        marks = f"{self.path}/{REMOVING}"
+        for mark in files.children(marks, "file"):  # of a gc run that stopped midway: it keeps writers off
+            if time.time() - _created(files, f"{marks}/{mark}") > grace_s:
+                out.append(f"{marks}/{mark}")
         return out
-
-    def _idle_for(self, part: str) -> float:
-        try:
-            attrs = zarr.open_group(self.store.zarr_store, path=f"{self.path}/parts/{part}", mode="r").attrs
-            return time.time() - attrs["heartbeat"]
-        except (FileNotFoundError, KeyError, ValueError):  # metadata not there yet or torn: treat it as alive
-            return 0.0

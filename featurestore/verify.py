@@ -8,6 +8,7 @@ import zarr
 
 from .features import nonfinite
 from .layout import digest, shard_slices
+from .schema import FeatureError
 
 if TYPE_CHECKING:
     from .store import Version
@@ -17,8 +18,8 @@ def verify_version(version: "Version") -> list[str]:
     problems = []
     try:
         records = version.index(fresh=True).records
-    except (ValueError, KeyError) as e:  # an unreadable commit record
-        return [f"{version.path}: cannot read commit records ({e!r})"]
+    except FeatureError as e:  # an unreadable commit record; the message names it
+        return [str(e)]
     for record in records:
         if record["items"]:
             problems += [f"{version.path} part {record['id']}: {p}" for p in _verify_part(version, record)]

@@ -9,6 +9,7 @@ import numpy as np
 import zarr
 
 from .features import as_numpy, nonfinite
+from .ids import ID_RULE, id_problem
 from .layout import create_part_arrays, digest, rows_per_shard, shard_slices, write_offsets, SHARD_BYTES
 from .schema import FeatureError
 
@@ -110,8 +111,8 @@ class PartWriter:
     def _check_new_id(self, video_id: str) -> None:
         if self._committed:
             raise FeatureError(f"part {self.part_id} is already committed; open a new writer")
-        if not isinstance(video_id, str) or not video_id:
-            raise FeatureError(f"video id must be a non-empty str, got {video_id!r}")
+        if problem := id_problem(video_id):
+            raise FeatureError(f"item id {video_id!r} {problem}; an item id is {ID_RULE}")
         if video_id in self._items or video_id in self._failed:
             raise FeatureError(f"item {video_id!r} appears twice in part {self.part_id}")
 

@@ -1,4 +1,6 @@
-"""`pave store ls|inspect|verify|gc`: look into a feature store (local path or fsspec URL) and keep it healthy."""
+"""`pave store ls|inspect|verify|gc`: look into a feature store (local path or fsspec URL) and keep it healthy.
+Every action also reports the damage a cheap look finds (FeatureStore.damage) and then exits 1: a store that cannot
+serve all it holds is never reported as fine."""
 
 
 def add_arguments(parser):
@@ -26,11 +28,16 @@ def run(args) -> int:
     from featurestore import FeatureError, FeatureStore
 
     action = {"ls": _ls, "inspect": _inspect, "verify": _verify, "gc": _gc}[args.store_command]
+    store = FeatureStore(args.store)
     try:
-        return action(FeatureStore(args.store), args)
+        code = action(store, args)
+        damage = [] if args.store_command == "verify" else store.damage()  # verify reports it itself
     except FeatureError as e:
         print(f"pave store {args.store_command}: {e}", file=sys.stderr)
         return 2
+    for problem in damage:
+        print(f"DAMAGED {problem}")
+    return 1 if damage else code
 
 
 def _describe(info) -> str:
@@ -75,11 +82,14 @@ def _inspect(store, args) -> int:
 
 
 def _verify(store, args) -> int:
-    n_problems = 0
-    for info in store.versions():
-        problems = store.version(info.modality, info.fingerprint_id).verify()
+    versions, incomplete = store.scan()
+    for path, why in incomplete.items():
+        print(f"BAD {path}\n    {why}")
+    n_problems = len(incomplete)
+    for version in versions:
+        problems = version.verify()
         n_problems += len(problems)
-        print(f"{'OK ' if not problems else 'BAD'} {info.modality}/{info.fingerprint_id} ({info.n_ok} items)")
+        print(f"OK  {version.path} ({len(version.items())} items)" if not problems else f"BAD {version.path}")
         for problem in problems:
             print(f"    {problem}")
     print(f"{n_problems} problem(s)")

@@ -7,14 +7,12 @@ An annotation file is a JSON list of
 problems of a file are reported together, so a user fixes a bad file in one pass.
 """
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from featurestore import ID_RULE, id_problem
+
 ROLES = {"human": "user", "gpt": "assistant"}
-# Item ids are keys, never paths; still refuse anything that looks like a path escape so an id cannot be turned
-# into one by a downstream tool.
-SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
 # The video's tokens go where the first human turn marks it, or before that turn's text. LLaVA video data sets often
 # write <image> for it. A marker in any other turn, or two, would put the video twice or inside an answer.
 VIDEO_MARKER = "<video>"
@@ -36,10 +34,6 @@ class Sample:
         return self.turns[-1][1]
 
 
-def is_safe_id(value: str) -> bool:
-    return bool(SAFE_ID.match(value)) and ".." not in value.split("/")
-
-
 def _parse_entry(index: int, entry) -> tuple[Sample | None, list[str]]:
     where = f"entry {index}"
     if not isinstance(entry, dict):
@@ -50,8 +44,8 @@ def _parse_entry(index: int, entry) -> tuple[Sample | None, list[str]]:
     problems = []
     if not isinstance(sample_id, str) or not sample_id:
         problems.append(f"{where}: 'id' must be a non-empty string")
-    if not isinstance(video, str) or not is_safe_id(video):
-        problems.append(f"{where}: 'video' must be a store item id (letters, digits, _ . - /, no '..'), got {video!r}")
+    if id_problem(video):  # the store's own id rule: every item it holds can be named here, nothing else
+        problems.append(f"{where}: 'video' must be a store item id ({ID_RULE}), got {video!r}")
     turns = []
     conversations = entry.get("conversations")
     if not isinstance(conversations, list) or not conversations:

@@ -33,7 +33,7 @@ import av
 import numpy as np
 import ray
 
-from featurestore import FeatureError, FeatureStore, TokenSchema, Version, fingerprint
+from featurestore import FeatureError, FeatureStore, TokenSchema, Version, fingerprint, id_problem
 
 from .audio import AudioWindows
 from .encoders import Encode, InputSpec, audio_encoder, point_encoder, vision_encoder, weights_digest
@@ -213,15 +213,17 @@ def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: I
                   owner: str, lease_s: float, done: frozenset) -> dict:
     """Ray Data task: status rows for a batch of items, with the encoder inputs of those this job now owns."""
     items = _rows(batch)
-    skip = {item["id"]: ALREADY_COMMITTED if item["id"] in done else modality.missing(item) for item in items}
-    wanted = [video_id for video_id, reason in skip.items() if not reason]
+    skip = [ALREADY_COMMITTED if item["id"] in done else modality.missing(item) for item in items]
+    wanted = [item["id"] for item, reason in zip(items, skip) if not item["problem"] and not reason]
     granted = set(version.claim(wanted, owner, lease_s)) if wanted else set()
     empty_extras = {name: np.zeros((0, *shape), dtype) for name, (shape, dtype) in version.schema.extras.items()}
     rows = []
-    for item in items:
-        video_id, status, reason = item["id"], "skipped", skip[item["id"]]
+    for item, reason in zip(items, skip):
+        video_id, status = item["id"], "skipped"
         prepared = Prepared(inputs.empty(), np.zeros(0), np.zeros(0), empty_extras)
-        if not reason and video_id not in granted:
+        if item["problem"]:  # a bad id, or an id of several inputs (sources.py): fails whatever the store holds
+            status, reason = "failed", item["problem"]
+        elif not reason and video_id not in granted:
             reason = CLAIMED
         elif not reason:
             try:
@@ -239,6 +241,7 @@ def write_part(batch: dict, version: Version, owner: str) -> dict:
     """Ray Data task: the batch's finished items as one part (and its failures), then one status row per item."""
     status, reason = list(batch["status"]), list(batch["reason"])
     with version.writer(owner) as writer:
+        recorded = set()  # the rows of a duplicate id fail with one reason, recorded once
         for k, row in enumerate(_rows(batch)):
             if status[k] == "todo":
                 extras = {name: row[f"x_{name}"] for name in version.schema.extras}
@@ -247,8 +250,10 @@ def write_part(batch: dict, version: Version, owner: str) -> dict:
                     status[k] = "ok"
                 except FeatureError as e:  # e.g. non-finite tokens: the item fails, its batch goes on
                     status[k], reason[k] = "failed", str(e)
-            if status[k] == "failed":
+            # An id that breaks the id rule cannot be recorded in the store: the summary alone reports it.
+            if status[k] == "failed" and row["id"] not in recorded and not id_problem(row["id"]):
                 writer.fail(row["id"], reason[k])
+                recorded.add(row["id"])
     # A failed item is not done: hand its claim back (a zero lease) so that the next run, whoever runs it, retries
     # it at once. Committed items need no release: the commit record outranks any claim.
     failed = [video_id for video_id, s in zip(batch["id"], status) if s == "failed"]
@@ -328,8 +333,9 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
     committed in a version are skipped; failed ones are retried.
 
     `owner` names this job in item claims (default: unique per call). Claims keep concurrent jobs off each other's
-    items; a job restarted after a crash under the same owner takes its items back at once, under a new owner it
-    waits `resources.lease_s` for the dead job's claims to expire (its items count as skipped meanwhile)."""
+    items. A job that stops on an error hands its claims back; after a crash that leaves no chance to (SIGKILL, a
+    lost node), a restart under the same owner takes its items back at once, under a new owner it waits
+    `resources.lease_s` for the dead job's claims to expire (its items count as skipped meanwhile)."""
     start = time.perf_counter()
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
@@ -346,9 +352,15 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
         versions[name] = version.fingerprint.id
         counts[name] = {"ok": 0, "failed": 0, "skipped": 0}
         failures[name], held[name] = {}, 0
-        for row in rows.iter_rows():
-            counts[name][row["status"]] += 1
-            held[name] += row["reason"] in (ALREADY_COMMITTED, CLAIMED)
-            if row["status"] == "failed":
-                failures[name][row["id"]] = row["reason"]
+        try:
+            for row in rows.iter_rows():
+                counts[name][row["status"]] += 1
+                held[name] += row["reason"] in (ALREADY_COMMITTED, CLAIMED)
+                if row["status"] == "failed":
+                    failures[name][row["id"]] = row["reason"]
+        except BaseException:
+            # The job stops (an encoder's error, Ctrl-C): hand back the claims it holds on items it did not commit, so
+            # that a rerun under any owner does them at once instead of skipping them until the leases run out.
+            version.release(owner)
+            raise
     return Summary(counts, failures, versions, time.perf_counter() - start, held)

@@ -87,7 +87,7 @@ def test_ls_inspect_gc(tmp_path):
     assert result.returncode == 0 and f"tokens ({n}, 4, 8) float16" in result.stdout
     assert pave("inspect", tmp_path / "store", "nope").returncode == 1
 
-    result = pave("gc", tmp_path / "store", "--keep", version.fingerprint.id)
+    result = pave("gc", tmp_path / "store", "--keep", version.fingerprint.id, "--grace-s", "0")
     assert result.returncode == 0 and f"removed {other.path}" in result.stdout
     assert [v.fingerprint_id for v in FeatureStore(tmp_path / "store").versions()] == [version.fingerprint.id]
     assert pave("gc", tmp_path / "store", "--keep", "typo").returncode == 2

@@ -95,9 +95,9 @@ def test_gc_keeps_only_the_listed_fingerprints(tmp_path):
     store = FeatureStore(tmp_path / "store")
     with pytest.raises(FeatureError, match="unknown"):
         store.gc([keep.fingerprint.id, "typo"])
-    assert store.gc([keep.fingerprint.id], dry_run=True) == [drop.path]
+    assert store.gc([keep.fingerprint.id], grace_s=0, dry_run=True) == [drop.path]
     assert (tmp_path / "store" / drop.path).exists()
-    assert store.gc([keep.fingerprint.id]) == [drop.path]
+    assert store.gc([keep.fingerprint.id], grace_s=0) == [drop.path]
     assert not (tmp_path / "store" / drop.path).exists()
     assert [v.fingerprint_id for v in store.versions()] == [keep.fingerprint.id]
     np.testing.assert_array_equal(store.version("video").get("a").tokens, fsdata.rows(keep.schema, "a")["tokens"])

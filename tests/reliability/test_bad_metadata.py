@@ -35,7 +35,8 @@ CASES = {  # name -> (annotation file text from the corpus's valid entries, extr
     "unknown video": (lambda entries: json.dumps(unknown_video(entries)), [],
                       "1 video(s) have no 'video' features: v9999"),
     "path traversal id": (lambda entries: json.dumps(path_traversal(entries)), [],
-                          "(id 'escape-q0'): 'video' must be a store item id (letters, digits, _ . - /, no '..'), "
+                          "(id 'escape-q0'): 'video' must be a store item id (non-empty text without control characters, "
+                          "whitespace at either end, a backslash, a leading '/', or '.' or '..' between slashes), "
                           "got '../../etc/passwd'"),
     "modality the store lacks": (json.dumps, ["--sides", "audio,hfr"], "has no 'hfr' features (it has: audio, video)"),
     "two video markers": (edit_turns(0, lambda text: f"{text} <image>"), [],  # the corpus's question has <video>
