@@ -30,6 +30,8 @@ def run(args) -> int:
     action = {"ls": _ls, "inspect": _inspect, "verify": _verify, "gc": _gc}[args.store_command]
     store = FeatureStore(args.store)
     try:
+        if not store.files.exists(""):  # a mistyped path must not read as an empty, healthy store
+            raise FeatureError(f"{args.store}: no feature store there; check the path")
         code = action(store, args)
         damage = [] if args.store_command == "verify" else store.damage()  # verify reports it itself
     except FeatureError as e:

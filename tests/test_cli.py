@@ -19,6 +19,7 @@ HURRIED = {  # a typo'd command -> what its one line must say
     "model-info --base-model /nonexistent": "pave model-info: --base-model /nonexistent: no config.json there",
     "import-checkpoint {tmp} --out {tmp}/out --base-model {tmp} --side audio": "no config.json there",
     "make-corpus {tmp} --videos 2": "not empty",
+    "store verify {tmp}/typo": "pave store verify: {tmp}/typo: no feature store there; check the path",
     "materialize --input {tmp} --store {tmp}/store --modalities vidoe": "unknown modalities ['vidoe']",
 }
 
@@ -29,7 +30,8 @@ def test_bad_input_gets_one_line_and_exit_2(tmp_path, command):
     result = subprocess.run([sys.executable, "-m", "jobs.cli", *command.format(tmp=tmp_path).split()],
                             capture_output=True, text=True, timeout=120)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and HURRIED[command] in lines[0], result.stderr
+    assert result.returncode == 2 and len(lines) == 1 and HURRIED[command].format(tmp=tmp_path) in lines[0], \
+        result.stderr
 
 
 def test_a_full_disk_is_one_line_and_a_bug_is_not(tmp_path):
