@@ -25,7 +25,8 @@ COMMANDS = {
 # Bad input, not a bug: their messages name the item and what to do. Looked up only in modules already imported
 # (an error class whose module was never imported cannot have been raised), so that this costs no import.
 USER_ERRORS = {"featurestore.schema": "FeatureError", "featurestore.store": "ItemNotFound",
-               "pipelines.annotations": "AnnotationError", "training.config": "ConfigError",
+               "pipelines.annotations": "AnnotationError", "pipelines.sources": "SourceError",
+               "training.config": "ConfigError",
                "training.data": "DataOrderError", "model.official": "OfficialCheckpointError"}
 # The machine's state, not the program's: the OS message and the path say it all.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT}

@@ -30,13 +30,27 @@ VIDEO_SUFFIXES = ("mp4", "mkv", "webm", "mov", "avi")
 WEBDATASET_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
+class SourceError(ValueError):
+    """An --input that lists no items: a wrong path, an empty folder, a manifest line that is not JSON."""
+
+
+def _manifest_rows(path: Path) -> list[tuple[int, dict]]:
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise SourceError(f"{path} line {n}: not a JSON object ({err}); one item per line") from None
+    return rows
+
+
 def read_items(source: str, root: str | None = None) -> ray.data.Dataset:
     path = Path(source)
     if path.suffix in (".jsonl", ".json"):
         base = root or str(path.parent)
-        with open(path) as f:
-            rows = [(n, json.loads(line)) for n, line in enumerate(f, 1) if line.strip()]
-        return _listed([_manifest_item(row, base, f"{path} line {n}") for n, row in rows])
+        return _listed([_manifest_item(row, base, f"{path} line {n}") for n, row in _manifest_rows(path)])
     tars = [path] if path.suffix == ".tar" else sorted(path.glob("*.tar")) if path.is_dir() else []
     if tars:
         base = root or str(tars[0].parent.parent)
@@ -46,9 +60,9 @@ def read_items(source: str, root: str | None = None) -> ray.data.Dataset:
     if path.is_dir():
         videos = sorted(str(p) for p in path.iterdir() if p.suffix.lstrip(".").lower() in VIDEO_SUFFIXES)
         if not videos:
-            raise FileNotFoundError(f"{source}: no video files ({', '.join(VIDEO_SUFFIXES)}) and no .tar shards")
+            raise SourceError(f"{source}: no video files ({', '.join(VIDEO_SUFFIXES)}) and no .tar shards")
         return _listed([_item(Path(v).stem, v, video=v) for v in videos])
-    raise FileNotFoundError(f"{source}: not a directory of videos or tar shards, a .tar, or a .jsonl manifest")
+    raise SourceError(f"{source}: not a directory of videos or tar shards, a .tar, or a .jsonl manifest")
 
 
 def _item(video_id: str, source: str, video: str = "", video_bytes: bytes | None = None, exo=(), rgbd: str = "") \
