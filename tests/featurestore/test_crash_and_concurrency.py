@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import fsdata
+from writer_proc import LEASE_S
 from featurestore import FeatureStore
 
 SCRIPT = Path(__file__).with_name("writer_proc.py")
@@ -42,6 +43,7 @@ def test_sigkill_mid_write_is_invisible_and_a_rerun_completes(tmp_path):
     proc = _start(store_dir, "crashy", "crash", *IDS)
     try:
         assert proc.stdout.readline().strip() == "flushed"
+        flushed_at = time.time()  # after the claims: their leases run out by flushed_at + LEASE_S
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -58,7 +60,7 @@ def test_sigkill_mid_write_is_invisible_and_a_rerun_completes(tmp_path):
     assert reader.verify() == []
 
     assert reader.claim(IDS, "rerun") == []  # the dead writer's leases are still live
-    time.sleep(1.1)
+    time.sleep(max(0.0, flushed_at + LEASE_S + 0.1 - time.time()))
     todo = reader.claim(IDS, "rerun")  # expired: taken over; committed items are not offered
     assert todo == IDS[2:]
     fsdata.write(reader, todo, "rerun")

@@ -12,12 +12,16 @@ import time
 import fsdata
 from featurestore import FeatureStore
 
+# The crash writer's lease: long enough to still run while a loaded 2-core CI machine checks the store after the
+# kill (1 s was not), short enough for the test to wait it out.
+LEASE_S = 8.0
+
 
 def main(url: str, owner: str, mode: str, *args: str) -> None:
     version = FeatureStore(url).version("video")
     if mode == "crash":
         ids = list(args)
-        granted = version.claim(ids, owner, lease_s=1.0)
+        granted = version.claim(ids, owner, lease_s=LEASE_S)
         fsdata.write(version, granted[:2], owner)
         writer = version.writer(owner, shard_bytes=4 * 8 * 2 * 4)
         for video_id in granted[2:]:
