@@ -19,6 +19,8 @@ COMMANDS = {
     "store": ("jobs.store", "feature store tools: ls, inspect, verify, gc"),
     "import-checkpoint": ("jobs.import_checkpoint", "convert an official PAVE release into a checkpoint pave eval loads"),
     "model-info": ("jobs.model_info", "parameter counts of a PAVE patch vs its base model"),
+    "data": ("jobs.data", "convert a paper task's raw annotations into annotation JSON + a materialize manifest"),
+    "score": ("jobs.score", "a paper task's official metrics of predictions (Music-AVQA, AVSD, ScanQA, SQA3D)"),
 }
 
 
@@ -27,7 +29,8 @@ COMMANDS = {
 USER_ERRORS = {"featurestore.schema": "FeatureError", "featurestore.store": "ItemNotFound",
                "pipelines.annotations": "AnnotationError", "pipelines.sources": "SourceError",
                "training.config": "ConfigError",
-               "training.data": "DataOrderError", "model.official": "OfficialCheckpointError"}
+               "training.data": "DataOrderError", "model.official": "OfficialCheckpointError",
+               "tasks.common": "TaskDataError"}
 # The machine's state, not the program's: the OS message and the path say it all.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT}
 USAGE_EXIT = 2
