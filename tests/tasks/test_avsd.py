@@ -37,8 +37,9 @@ def test_convert_train_groups_and_test_dialogs(tmp_path, pave):
     dropped = read_lines(tmp_path / "out/dropped.jsonl")
     assert [d["item"] for d in dropped] == ["dialog QRM9W turns 11-12", "dialog ABCDE turns 1-4", "entry 1"]
     assert "__UNDISCLOSED__" in dropped[2]["reason"]
-    assert {r["id"]: r["video"] for r in read_lines(tmp_path / "out/manifest.jsonl")} == {
-        "QRM9W": str(tmp_path / "Charades_v1_480/QRM9W.mp4"), "T1AAA": str(tmp_path / "Charades_vu17_test_480/T1AAA.mp4")}
+    manifest = {r["id"]: r["video"] for r in read_lines(tmp_path / "out/manifest.jsonl")}
+    assert manifest == {"QRM9W": str(tmp_path / "Charades_v1_480/QRM9W.mp4"),
+                        "T1AAA": str(tmp_path / "Charades_vu17_test_480/T1AAA.mp4")}
 
 
 def score_files(tmp_path):
