@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "SQA_test.json")
     parser.add_argument("--predictions", required=True,
                         help="the official eval output of the task, or `pave eval`'s report.json")
-    parser.add_argument("--strict", action="store_true", help="fix the official scorer's plain bugs (see above)")
+    parser.add_argument("--strict", action="store_true",
+                        help="fix the official scorers' plain bugs (jobs/score.py lists both rule sets)")
 
 
 def run(args) -> int:
