@@ -14,11 +14,8 @@ audio 1 x 1024 per 1 s hop with 2 s windows, clips of 60-600 s; one question per
 The recipe is RunConfig's defaults (training/config.py, DESIGN.md): LoRA r=64 alpha=16 on every LLM *_proj, one
 audio patch, AdamW, bf16 compute with float32 trainable weights, gradient checkpointing.
 
-MFU = model FLOPs per second / 989e12 (dense bf16 peak of an H100 SXM and of an H200). Model FLOPs per token =
-4 N (forward 2 N, backward 2 N for the activation gradients; the frozen weights get no weight gradients), N = the
-weights applied at every position (LLM decoder layers with their LoRA, projector, patches). Not counted: the weight
-gradients of the trainable weights (LoRA, patches) and the recompute of gradient checkpointing. `mfu_attn` adds
-causal attention, 6 L d s per token (forward 2 L d s, backward twice that; s = sequence length).
+MFU: training/throughput.py (4 N model FLOPs per token over the GPU's dense bf16 peak; `mfu_attn` adds causal
+attention).
 """
 import argparse
 import json
@@ -34,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featurestore import FeatureStore, TokenSchema, fingerprint  # noqa: E402
 from model.tiny import save_tiny_base  # noqa: E402
 from training.config import RunConfig, from_dict, load, validate  # noqa: E402
+from training.throughput import flop_params, flops_per_token, peak_flops  # noqa: E402
 
-PEAK_FLOPS = 989e12
 QUESTION = "<video>\nWhat is the pitch of the tone in this video: low or high?"
 SHAPES = {  # frames, tokens per frame, video dim, audio dim, clip seconds (min, max), videos
     "full": (32, 729, 1152, 1024, (60, 600), 64),  # every SigLIP patch (27x27), as `pave materialize` stores it
@@ -117,23 +114,8 @@ def dataset(cfg: RunConfig):
     return load_annotations(cfg.data.annotations), open_versions(cfg.data.store, cfg.modalities)
 
 
-def flop_params(model) -> int:
-    """N: weights applied at every position (decoder layers with LoRA, projector, patches; video positions are
-    nearly all positions). Embedding lookups do no matmuls; lm_head runs at label positions only."""
-    hf = model.hf
-    parts = (hf.model.language_model.layers, hf.model.multi_modal_projector, model.patches)
-    return sum(p.numel() for part in parts for p in part.parameters())
-
-
-def flops_per_token(model, seq_len: float) -> tuple[float, float]:
-    """(4 N, 4 N + causal attention) model FLOPs per trained token."""
-    text = model.hf.config.text_config
-    dense = 4 * flop_params(model)
-    return dense, dense + 6 * text.num_hidden_layers * text.hidden_size * seq_len
-
-
 def mfu(flops_per_s: float) -> float | None:
-    return flops_per_s / PEAK_FLOPS if torch.cuda.is_available() else None
+    return flops_per_s / peak if torch.cuda.is_available() and (peak := peak_flops(torch.device("cuda"))) else None
 
 
 def step(args) -> None:
@@ -204,7 +186,7 @@ def bench_config(directory: Path, batch_size: int, checkpointing: str, compile_l
 def report(args) -> None:
     """Steady-state metrics of a finished `pave train` run: the mean over its metric windows but the first --skip
     (model and data pipeline warm-up), MFU from the model's shapes (built on the meta device: no weights, no memory)."""
-    from training.loop import METRICS
+    from training.tracking import METRICS
     from training.modeling import build_skeleton
 
     for run in args.runs:

@@ -118,6 +118,10 @@ class Files:
         if self.local:
             _remove_empty_dir(self.abs(path))
 
+    def size(self, path: str) -> int:
+        """Bytes of every file under `path`."""
+        return self.fs.du(self.abs(path))
+
     def exists(self, path: str) -> bool:
         return self.fs.exists(self.abs(path))
 

@@ -16,6 +16,7 @@ COMMANDS = {
     "materialize": ("jobs.materialize", "decode videos and write timestamped tokens into a feature store (Ray Data)"),
     "train": ("jobs.train", "train PAVE patches + LoRA from a feature store (Ray Train)"),
     "eval": ("jobs.evaluate", "evaluate a checkpoint: generation, accuracy, JSON + Markdown report"),
+    "report": ("jobs.report", "compare training runs and evaluations: one HTML page with plots and tables"),
     "store": ("jobs.store", "feature store tools: ls, inspect, verify, gc"),
     "import-checkpoint": ("jobs.import_checkpoint", "convert an official PAVE release into a checkpoint pave eval loads"),
     "model-info": ("jobs.model_info", "parameter counts of a PAVE patch vs its base model"),

@@ -1,8 +1,8 @@
 """`pave demo`: the whole system on a synthetic corpus whose answers only the audio reveals, on local Ray.
 
 make-corpus -> tiny base model -> materialize video + audio tokens -> train LoRA only and patch + LoRA (the same
-recipe and steps) -> evaluate base, LoRA only, patch + LoRA on the held-out questions -> a results table. Every stage
-is the `pave` command a user runs; the demo only chains them. The pitch is not visible in the frames, so a model
+recipe and steps) -> evaluate base, LoRA only, patch + LoRA on the held-out questions -> a results table, and
+`pave report`'s page comparing them. Every stage is the `pave` command a user runs; the demo only chains them. The pitch is not visible in the frames, so a model
 that cannot hear sits at chance (0.5) and only the audio patch can do better.
 """
 import json
@@ -54,8 +54,9 @@ def run(args) -> int:
           "--name", "patch")
     models = {"base (no training)": "", "LoRA only": work / "runs" / "lora" / "final",
               "audio patch + LoRA": work / "runs" / "patch" / "final"}
+    eval_dirs = {name: work / "reports" / name.split(" ")[0].lower() for name in models}
     for name, checkpoint in models.items():
-        out = work / "reports" / name.split(" ")[0].lower()
+        out = eval_dirs[name]
         stage(f"eval {name}", "eval", "--store", store, "--annotations", eval_json, "--base-model", base,
               "--checkpoint", checkpoint, "--out", out, "--name", name)
         models[name] = json.loads((out / "report.json").read_text())["metrics"]
@@ -65,6 +66,8 @@ def run(args) -> int:
     print("| model | exact match | CIDEr |\n|---|---:|---:|")
     for name, metrics in models.items():
         print(f"| {name} | {metrics['exact_match']:.2f} | {metrics['cider']:.2f} |")
+    stage("report", "report", work / "runs" / "lora", work / "runs" / "patch",
+          *eval_dirs.values(), "--out", work / "report")
     print("\nstage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    print(f"reports: {work / 'reports'}; loss curves: {work / 'runs'}/*/loss_curve.png")
+    print(f"eval reports: {work / 'reports'}; runs compared: {work / 'report' / 'index.html'}")
     return 0

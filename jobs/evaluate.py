@@ -40,7 +40,8 @@ def run(args) -> int:
                           fingerprints(args.fingerprint), args.workers, args.gpus_per_worker,
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                           allow_mismatch=args.allow_mismatch)
-    init_ray()
+    ray = init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = True  # generation progress, with an ETA
     report = evaluate(request)  # bad input raises errors that jobs/cli.py prints as one line
     name = args.name or args.checkpoint or "base model"
     write_report(report, out, name)

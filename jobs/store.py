@@ -5,7 +5,7 @@ serve all it holds is never reported as fine."""
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="store_command", required=True, metavar="ACTION")
-    ls = sub.add_parser("ls", help="versions: modality, fingerprint, schema, items ok/failed")
+    ls = sub.add_parser("ls", help="versions: modality, fingerprint, schema, items ok/failed, size")
     ls.add_argument("store")
     inspect = sub.add_parser("inspect", help="one video's rows in every version that has it")
     inspect.add_argument("store")
@@ -46,7 +46,8 @@ def _describe(info) -> str:
     s = info.schema
     extras = "".join(f" +{name}{list(shape)}:{dtype}" for name, (shape, dtype) in s.extras.items())
     return (f"{s.modality:8s} {info.fingerprint_id}  [N,{s.tokens_per_step},{s.dim}] {s.dtype}{extras}  "
-            f"ok={info.n_ok} failed={info.n_failed}  encoder={info.spec.get('encoder')}  attrs={s.attrs}")
+            f"ok={info.n_ok} failed={info.n_failed}  {info.n_bytes / 2**20:,.1f} MiB  encoder={info.spec.get('encoder')}  "
+            f"attrs={s.attrs}")
 
 
 def _ls(store, args) -> int:

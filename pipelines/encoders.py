@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,9 +218,12 @@ class Encode:
     def __call__(self, batch: dict) -> dict:
         inputs = batch.pop("inputs")
         todo = [i for i, status in enumerate(batch["status"]) if status == "todo"]
+        started = time.perf_counter()
         tokens = self.encode(np.concatenate([inputs[i] for i in todo])) if todo else self.empty
+        per_step_s = (time.perf_counter() - started) / max(len(tokens), 1)  # each row's share of the forwards
         pieces = iter(np.split(tokens, np.cumsum([len(inputs[i]) for i in todo])[:-1]))
         batch["tokens"] = [next(pieces) if status == "todo" else self.empty for status in batch["status"]]
+        batch["encode_s"] = np.array([per_step_s * len(t) for t in batch["tokens"]])
         return batch
 
     @torch.inference_mode()

@@ -22,6 +22,7 @@ Modalities (what each row of the store holds):
          extras `pose` (camera-to-world [4,4] f64), `xyz` (patch mean world xyz [P,3] f32), `coverage` ([P] f32).
 Every time is seconds on the main video's presentation timeline (pts x time_base, as PyAV reports it)."""
 import json
+import re
 import time
 import uuid
 import zipfile
@@ -221,6 +222,7 @@ def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: I
     for item, reason in zip(items, skip):
         video_id, status = item["id"], "skipped"
         prepared = Prepared(inputs.empty(), np.zeros(0), np.zeros(0), empty_extras)
+        started = time.perf_counter()
         if item["problem"]:  # a bad id, or an id of several inputs (sources.py): fails whatever the store holds
             status, reason = "failed", item["problem"]
         elif not reason and video_id not in granted:
@@ -231,9 +233,10 @@ def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: I
             except INPUT_ERRORS as e:
                 status, reason = "failed", f"{modality.name} of {video_id!r} ({modality.source(item)}): {e}"
         rows.append({"id": video_id, "status": status, "reason": reason, "inputs": prepared.inputs,
-                     "t_start": prepared.t_start, "t_end": prepared.t_end,
+                     "t_start": prepared.t_start, "t_end": prepared.t_end, "decode_s": time.perf_counter() - started,
                      **{f"x_{name}": prepared.extras[name] for name in empty_extras}})
-    columns = ["id", "status", "reason", "inputs", "t_start", "t_end", *(f"x_{name}" for name in empty_extras)]
+    columns = ["id", "status", "reason", "inputs", "t_start", "t_end", "decode_s",
+               *(f"x_{name}" for name in empty_extras)]
     return {key: [row[key] for row in rows] for key in columns}
 
 
@@ -259,7 +262,8 @@ def write_part(batch: dict, version: Version, owner: str) -> dict:
     failed = [video_id for video_id, s in zip(batch["id"], status) if s == "failed"]
     if failed:
         version.claim(failed, owner, lease_s=0)
-    return {"id": batch["id"], "status": np.array(status), "reason": np.array(reason)}
+    return {"id": batch["id"], "status": np.array(status), "reason": np.array(reason),
+            "decode_s": batch["decode_s"], "encode_s": batch["encode_s"]}
 
 
 def materialize_modality(items: ray.data.Dataset, modality: Modality, encoder_path: str | None, store: FeatureStore,
@@ -305,6 +309,8 @@ class Summary:
     versions: dict[str, str]  # modality -> fingerprint id written
     seconds: float
     held: dict[str, int] = field(default_factory=dict)  # modality -> items skipped as committed before or claimed
+    # modality -> {"seconds": the job's wall time, "decode_s" / "encode_s": summed over its tasks / actors}
+    timing: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def stored_nothing(self) -> list[str]:
         """Modalities of which this job stored no item while none was done before or by another job."""
@@ -316,13 +322,38 @@ class Summary:
         return int(bool(self.stored_nothing()) or (strict and failed > 0))
 
     def table(self) -> str:
-        lines = [f"{'modality':<8} {'version':<16} {'ok':>6} {'failed':>6} {'skipped':>7}"]
+        """Per modality: item counts, items stored per second, decode and encode seconds (summed over tasks and
+        actors: where the time goes); then the failures grouped by reason, and what stored nothing."""
+        lines = [f"{'modality':<8} {'version':<16} {'ok':>6} {'failed':>6} {'skipped':>7} {'items/s':>8} "
+                 f"{'decode s':>9} {'encode s':>9}"]
         for name, c in self.counts.items():
-            lines.append(f"{name:<8} {self.versions[name]:<16} {c['ok']:>6} {c['failed']:>6} {c['skipped']:>7}")
+            t = self.timing.get(name, {"seconds": 0.0, "decode_s": 0.0, "encode_s": 0.0})
+            rate = c["ok"] / t["seconds"] if t["seconds"] else 0.0
+            lines.append(f"{name:<8} {self.versions[name]:<16} {c['ok']:>6} {c['failed']:>6} {c['skipped']:>7} "
+                         f"{rate:>8.2f} {t['decode_s']:>9.1f} {t['encode_s']:>9.1f}")
         for name, failed in self.failures.items():
-            lines += [f"FAILED {name} {video_id}: {reason}" for video_id, reason in sorted(failed.items())]
+            groups = {}
+            for video_id, reason in sorted(failed.items()):
+                groups.setdefault(failure_kind(video_id, reason), []).append(video_id)
+            for kind, ids in sorted(groups.items(), key=lambda group: -len(group[1])):
+                shown = ", ".join(ids[:FAILED_IDS_SHOWN]) + (", ..." if len(ids) > FAILED_IDS_SHOWN else "")
+                lines.append(f"FAILED {name} x{len(ids)}: {kind}  [{shown}]")
         lines += [f"NOTHING STORED for {name}: no item gave {name} tokens" for name in self.stored_nothing()]
         return "\n".join(lines + [f"{self.seconds:.1f}s"])
+
+
+FAILED_IDS_SHOWN = 8  # per reason in the table; --summary-json has every item with its own reason
+
+
+def failure_kind(video_id: str, reason: str) -> str:
+    """A failure's reason with what names the item (its quoted id, its source, file paths) taken out, so that items
+    failing for the same cause group together."""
+    named = re.match(rf"\w+ of {re.escape(repr(video_id))} \((.*?)\): ", reason)
+    if named:
+        reason = reason[named.end():].replace(named.group(1), "<source>")
+    reason = reason.replace(repr(video_id), "'<id>'")
+    reason = re.sub(r"'[^']*/[^']*'", "'<path>'", reason)  # quoted paths may hold spaces
+    return re.sub(r"(?<![\w<])/[^\s'\",()]+", "<path>", reason)
 
 
 def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), encoder_paths: dict | None = None,
@@ -345,16 +376,20 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
     num_gpus = resources.num_gpus
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    counts, failures, versions, held = {}, {}, {}, {}
+    counts, failures, versions, held, timing = {}, {}, {}, {}, {}
     for name in modalities:
+        started = time.perf_counter()
         version, rows = materialize_modality(items, MODALITIES[name], encoder_paths.get(name), store, settings,
                                              resources, owner, num_gpus)
         versions[name] = version.fingerprint.id
         counts[name] = {"ok": 0, "failed": 0, "skipped": 0}
         failures[name], held[name] = {}, 0
+        timing[name] = {"decode_s": 0.0, "encode_s": 0.0}
         try:
             for row in rows.iter_rows():
                 counts[name][row["status"]] += 1
+                timing[name]["decode_s"] += row["decode_s"]
+                timing[name]["encode_s"] += row["encode_s"]
                 held[name] += row["reason"] in (ALREADY_COMMITTED, CLAIMED)
                 if row["status"] == "failed":
                     failures[name][row["id"]] = row["reason"]
@@ -363,4 +398,5 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
             # that a rerun under any owner does them at once instead of skipping them until the leases run out.
             version.release(owner)
             raise
-    return Summary(counts, failures, versions, time.perf_counter() - start, held)
+        timing[name]["seconds"] = time.perf_counter() - started
+    return Summary(counts, failures, versions, time.perf_counter() - start, held, timing)

@@ -117,6 +117,17 @@ class EvalConfig:
 
 @with_config(STRICT)
 @dataclass
+class TrackingConfig:
+    """Where rank 0 writes the metrics live, besides OUT/metrics.jsonl (training/tracking.py)."""
+
+    tensorboard: bool = True  # event files in OUT/tensorboard/NAME
+    mlflow: str = ""  # MLflow tracking URI: a directory (MLflow's file store), sqlite:///FILE, http(s)://HOST; "": off
+    wandb: Literal["off", "offline", "online"] = "off"  # Weights & Biases; offline: files in OUT/wandb, no account
+    experiment: str = "pave"  # the MLflow experiment and the W&B project
+
+
+@with_config(STRICT)
+@dataclass
 class RunConfig:
     """`pave train`: PAVE patches + LoRA on a frozen LLaVA-OneVision, trained by Ray Train workers from a feature
     store. The flags below override `--config FILE` (a YAML run config, nested like them), which overrides the
@@ -130,6 +141,7 @@ class RunConfig:
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def sides(self) -> list[str]:

@@ -171,7 +171,7 @@ def evaluate(request: EvalRequest) -> dict:
 
 def write_report(report: dict, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.json").write_text(json.dumps({"name": name, **report}, indent=2))
     m = report["metrics"]
     lines = [f"# Evaluation: {name}", "", f"checkpoint: `{report['checkpoint'] or '(base model)'}`", "",
              "| samples | exact match | CIDEr |", "|---:|---:|---:|",

@@ -9,7 +9,7 @@ from model.llava import VideoLayout
 from model.tiny import save_tiny_base
 from pipelines.annotations import load_annotations
 from pipelines.training_data import check_samples, open_versions
-from training import checkpoint, provenance
+from training import checkpoint, provenance, tracking
 from training.config import RUN_CONFIG, ConfigError, RunConfig, load, save, to_dict
 from training.data import DataOrder
 from training.provenance import ProvenanceError
@@ -101,6 +101,7 @@ def fit(cfg: RunConfig) -> Path:
         cfg.model.tiny_base = False
     check_video_fits(cfg.model.base, versions["video"].schema)
     check_resume(cfg, out)
+    tracking.check(cfg)
     check_resume_provenance(cfg, out, provenance.record(cfg.model.base, versions, cfg.model.newline))
     save(cfg, out)
 

@@ -1,6 +1,7 @@
 """The training loop that Ray Train runs on every worker, over a Recipe: restore, step through the run's data order,
-report metrics every `checkpoint.report_every` steps and a checkpoint every `checkpoint.every`, and at the end export
-the final adapter (rank 0, on its own device) with the metrics and the loss curve.
+report metrics every `checkpoint.report_every` steps (rank 0 also writes them live to TensorBoard / MLflow / W&B:
+training/tracking.py) and a checkpoint every `checkpoint.every`, and at the end export the final adapter (rank 0, on
+its own device) with the metrics and the loss curve.
 
 Each worker also logs its data order, one line per micro-batch (step, micro-batch number, epoch, position, sample
 ids), in RUN/data_order/rank<r>.jsonl: a resumed run first cuts the lines past the step it resumes from, so the file
@@ -17,8 +18,9 @@ import torch
 
 from training.config import from_dict
 from training.recipe import Recipe
+from training.throughput import flops_per_token, peak_flops
+from training.tracking import Trackers
 
-METRICS = "metrics.jsonl"
 LOSS_CURVE = "loss_curve.png"
 
 
@@ -59,7 +61,6 @@ def write_curves(history: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (out / METRICS).write_text("".join(json.dumps(m) + "\n" for m in history))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([m["step"] for m in history], [m["loss"] for m in history], marker="o")
     ax.set(xlabel="step", ylabel="loss", title="training loss")
@@ -72,22 +73,28 @@ class Window:
     """Metrics summed over the steps since the last report."""
 
     def __init__(self):
-        self.loss, self.samples, self.tokens, self.wait_s, self.steps = 0.0, 0, 0, 0.0, 0
+        self.loss, self.grad_norm, self.samples, self.tokens, self.wait_s, self.steps = 0.0, 0.0, 0, 0, 0.0, 0
         self.start = time.perf_counter()
 
     def add(self, step_metrics: dict, wait_s: float) -> None:
         self.loss += step_metrics["loss"]
+        self.grad_norm += step_metrics["grad_norm"]
         self.samples += step_metrics["samples"]
         self.tokens += step_metrics["tokens"]
         self.wait_s += wait_s
         self.steps += 1
 
     def metrics(self, recipe: Recipe) -> dict:
+        """This worker's means over the window; MFU where the GPU's peak is known (training/throughput.py)."""
         elapsed = time.perf_counter() - self.start
         metrics = {"step": recipe.state.step, "epoch": recipe.state.epoch, "loss": self.loss / self.steps,
-                   "lr": recipe.lr, "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed,
+                   "grad_norm": self.grad_norm / self.steps, "lr": recipe.lr,
+                   "samples_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed,
                    "step_time_s": elapsed / self.steps, "data_wait_frac": self.wait_s / elapsed,
                    "resumes": recipe.state.resumes}
+        if peak := peak_flops(recipe.device):
+            dense_flops, _ = flops_per_token(recipe.model, 0)
+            metrics["mfu"] = metrics["tokens_per_s"] * dense_flops / peak
         if recipe.on_gpu:
             metrics["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(recipe.device) / 2**30
         return metrics
@@ -103,6 +110,8 @@ def train_loop_per_worker(config: dict) -> None:
     recipe.restore(run_dir)
     sample_log = SampleLog(run_dir, rank, recipe.state.step)
     batches = recipe.batches()
+    out = Path(config["out"])
+    trackers, first_step = Trackers(cfg, out, enabled=rank == 0), recipe.state.step
     window = Window()
     while recipe.state.step < cfg.optim.steps:
         started = time.perf_counter()
@@ -116,12 +125,14 @@ def train_loop_per_worker(config: dict) -> None:
         if save or step % cfg.checkpoint.report_every == 0:
             metrics = window.metrics(recipe)
             recipe.state.history.append(metrics)
+            trackers.log(recipe.state.history, first_step)
             report(recipe, metrics, save)
             window = Window()
     batches.close()
-    recipe.export(Path(config["out"]) / "final")
+    recipe.export(out / "final")
+    trackers.close()
     if rank == 0:
-        write_curves(recipe.state.history, Path(config["out"]))
+        write_curves(recipe.state.history, out)
 
 
 def report(recipe: Recipe, metrics: dict, save: bool) -> None:

@@ -111,7 +111,7 @@ class Recipe:
 
     def step(self, micro_batches: list[dict]) -> dict:
         """One optimizer step over the given micro-batches (gradients reduced across workers on the last only);
-        returns the mean loss and the samples and tokens it saw."""
+        returns the mean loss, the samples and tokens it saw, and the gradient norm."""
         loss_sum, samples, tokens = 0.0, 0, 0
         for k, batch in enumerate(micro_batches):
             last = k == len(micro_batches) - 1
@@ -122,14 +122,17 @@ class Recipe:
             loss_sum += loss.item()
             samples += len(batch["sample_ids"])
             tokens += token_count(batch)
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.micro += len(micro_batches)
         self.state.epoch, self.state.position = self.order.locate(self.state.micro)
-        return {"loss": loss_sum / len(micro_batches), "samples": samples, "tokens": tokens}
+        return {"loss": loss_sum / len(micro_batches), "samples": samples, "tokens": tokens,
+                "grad_norm": grad_norm.item()}  # before clipping
 
     def _gradient_sync(self, sync: bool):
         if self.cfg.scale.strategy == "fsdp":  # fully_shard has no no_sync: reduce-scatter on the last micro only

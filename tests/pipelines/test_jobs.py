@@ -7,7 +7,7 @@ import pytest
 
 from featurestore import FeatureStore
 from jobs.cli import main
-from pipelines.materialize import Resources, materialize
+from pipelines.materialize import Resources, Summary, materialize
 from pipelines.sources import read_items
 
 IDS = [f"v{i:04d}" for i in range(8)]
@@ -23,6 +23,9 @@ def test_directory_and_webdataset_inputs_give_the_manifest_tokens(corpus, materi
                                                                  source):
     summary = materialize(read_items(str(corpus / source)), str(tmp_path), ["video", "audio"], resources=resources)
     assert summary.counts == {m: {"ok": 8, "failed": 0, "skipped": 0} for m in ("video", "audio")}
+    for modality in ("video", "audio"):  # where the time went: decoding in the tasks, forwards in the actors
+        timing = summary.timing[modality]
+        assert 0 < timing["decode_s"] and 0 < timing["encode_s"] and timing["seconds"] <= summary.seconds
     for modality in ("video", "audio"):
         ours = FeatureStore(str(tmp_path)).version(modality)
         manifest = FeatureStore(str(materialized[0])).version(modality)
@@ -116,7 +119,7 @@ def test_cli_exit_status_and_strict(broken_dir, tmp_path, ray_local, capsys):
             "video", "--frames", "4", "--part-items", "2"]
     assert main(args) == 0  # one good, one empty file
     out = capsys.readouterr().out
-    assert "FAILED video empty" in out and "zero-length file" in out
+    assert "FAILED video x1: zero-length file  [empty]" in out
     assert main(args + ["--strict"]) == 1  # the rerun retries the empty file, which fails again
     assert FeatureStore(str(tmp_path / "store")).version("video").get("v0000").tokens.shape == (4, 64, 32)
 
@@ -144,3 +147,24 @@ def test_a_modality_that_stores_nothing_fails_the_job_even_when_another_succeeds
     assert "NOTHING STORED for exo" in summary.table()
     rerun = materialize(read_items(str(corpus / "videos")), str(tmp_path / "store"), ["video"], resources=resources)
     assert rerun.counts["video"]["skipped"] == 8 and rerun.exit_code() == 0  # all done before: nothing to store
+
+
+def test_the_summary_groups_failures_by_their_reason_without_the_items_names():
+    reasons = {  # two files cut short, one without a video stream, one with an unusable id
+        "clip a": "video of 'clip a' (/data/clip a.mp4): Invalid data found when processing input: '/data/clip a.mp4'",
+        "b": "video of 'b' (/data/b.mkv): Invalid data found when processing input: '/data/b.mkv'",
+        "c": "video of 'c' (/data/c.mp4): no video stream",
+        "../d": "id '../d' is not usable: it escapes the store",
+        "e": "duplicate id 'e': /data/e.mov and /data/e.mp4 (one id per video: rename or remove all but one)",
+        "f": "duplicate id 'f': /data/f.mov and /data/f.mp4 (one id per video: rename or remove all but one)",
+    }
+    summary = Summary({"video": {"ok": 4, "failed": 8, "skipped": 0}}, {"video": reasons}, {"video": "fp"}, 2.0,
+                      timing={"video": {"seconds": 2.0, "decode_s": 1.5, "encode_s": 0.5}})
+    lines = summary.table().splitlines()
+    assert lines[1].split() == ["video", "fp", "4", "8", "0", "2.00", "1.5", "0.5"]  # 4 items stored in 2 s
+    assert lines[2:6] == [
+        "FAILED video x2: Invalid data found when processing input: '<source>'  [b, clip a]",
+        "FAILED video x2: duplicate id '<id>': <path> and <path> (one id per video: rename or remove all but one)"
+        "  [e, f]",
+        "FAILED video x1: id '<id>' is not usable: it escapes the store  [../d]",
+        "FAILED video x1: no video stream  [c]"]

@@ -82,7 +82,7 @@ def test_duplicate_ids_are_failure_rows_naming_both_sources(corpus, ray_local, t
                                               "skipped": int(run == "rerun")}, (run, out)
         reason = summary["failures"]["video"]["a"]
         assert str(videos / "a.mp4") in reason and str(videos / "a.mov") in reason, reason
-        assert "FAILED video a: " in out and "duplicate id" in out
+        assert "FAILED video x1: " in out and "duplicate id" in out and "  [a]" in out
         version = FeatureStore(str(store)).version("video")
         assert version.items() == ["b"] and version.failures() == {"a": reason}
         assert "a" not in live(version.store.files, f"{version.path}/claims")  # nothing held for a lease

@@ -13,7 +13,8 @@ import pytest
 from jobs.cli import main as pave
 from training.config import RUN_CONFIG, load, parse
 from training.launch import fit
-from training.loop import METRICS, read_sample_log
+from training.loop import read_sample_log
+from training.tracking import METRICS
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -34,7 +35,9 @@ def history(out: Path) -> list[dict]:
 def trained(synthetic_store, ray_local, tmp_path_factory):
     store, annotations = synthetic_store
     out = tmp_path_factory.mktemp("run")
-    return fit(config(store, annotations, out)), out
+    # every tracker on: TensorBoard (the default), an MLflow file store, W&B offline
+    return fit(config(store, annotations, out, "--tracking.mlflow", str(out / "mlruns"),
+                      "--tracking.wandb", "offline")), out
 
 
 def test_two_workers_learn_and_rank_0_exports_a_peft_adapter_with_the_run_config(trained):
@@ -60,6 +63,32 @@ def test_two_workers_learn_and_rank_0_exports_a_peft_adapter_with_the_run_config
     logs = [read_sample_log(out / "ray" / run.name, rank) for rank in (0, 1)]
     assert [e["step"] for e in logs[0]] == [e["step"] for e in logs[1]] == list(range(1, 17))
     assert all(not set(a["ids"]) & set(b["ids"]) for a, b in zip(*logs))
+
+
+def test_rank_0_writes_the_reported_metrics_to_tensorboard_mlflow_and_wandb(trained, monkeypatch):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, out = trained
+    reported = history(out)
+    assert all(m["grad_norm"] > 0 for m in reported)
+    events = EventAccumulator(str(out / "tensorboard" / "pave")).Reload()  # the run's --name
+    ids = json.loads((out / "tracking.json").read_text())["pave"]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only with this
+    client = MlflowClient((out / "mlruns").as_uri())
+    run = client.get_run(ids["mlflow"])
+    assert run.info.run_name == "pave" and run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == "0.003" and run.data.params["scale.workers"] == "2"
+    for key in ("loss", "grad_norm", "lr", "tokens_per_s", "samples_per_s", "data_wait_frac", "step_time_s"):
+        steps, values = [m["step"] for m in reported], [m[key] for m in reported]
+        scalars = events.Scalars(f"train/{key}")  # float32 in the event file
+        assert [e.step for e in scalars] == steps and [e.value for e in scalars] == pytest.approx(values, rel=1e-6)
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(ids["mlflow"], key))
+        assert [step for step, _ in logged] == steps and [v for _, v in logged] == pytest.approx(values, rel=1e-12)
+    # wandb 0.31 has no Python reader for its offline run file: its history values are JSON text inside it
+    (wandb_run,) = (out / "wandb").glob(f"offline-run-*-{ids['wandb']}/run-{ids['wandb']}.wandb")
+    logged = wandb_run.read_bytes()
+    assert all(json.dumps(m[key]).encode() in logged for m in reported for key in ("loss", "grad_norm"))
 
 
 def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_report(trained, synthetic_store, tmp_path):
