@@ -1,6 +1,7 @@
-"""`pave store ls|inspect|verify|gc`: look into a feature store (local path or fsspec URL) and keep it healthy.
-Every action also reports the damage a cheap look finds (FeatureStore.damage) and then exits 1: a store that cannot
-serve all it holds is never reported as fine."""
+"""`pave store ls|inspect|verify|gc|import`: look into a feature store (local path or fsspec URL), keep it healthy,
+and bring released features into it. Every action but import also reports the damage a cheap look finds
+(FeatureStore.damage) and then exits 1: a store that cannot serve all it holds is never reported as fine."""
+from pathlib import Path
 
 
 def add_arguments(parser):
@@ -20,6 +21,15 @@ def add_arguments(parser):
     gc.add_argument("--grace-s", type=float, default=3600.0,
                     help="keep uncommitted parts whose writer showed life this recently (default 3600)")
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    imports = sub.add_parser("import", help="the PAVE authors' released side-channel features as a store version "
+                                            "(tasks/features.py)")
+    imports.add_argument("kind", help="imagebind-audio (Music-AVQA, AVSD), llava-3d (ScanQA, SQA3D) or languagebind "
+                                      "(LLaVA-Video-178K)")
+    imports.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="the unpacked release folder(s)")
+    imports.add_argument("--store", required=True, help="feature store path or fsspec URL (created if missing)")
+    imports.add_argument("--manifest", type=Path, help="`pave data convert`'s manifest.jsonl: the videos whose "
+                                                       "frame times languagebind features need")
+    imports.add_argument("--part-items", type=int, default=64, help="files per written part (default 64)")
 
 
 def run(args) -> int:
@@ -27,6 +37,8 @@ def run(args) -> int:
 
     from featurestore import FeatureError, FeatureStore
 
+    if args.store_command == "import":
+        return _import(args)
     action = {"ls": _ls, "inspect": _inspect, "verify": _verify, "gc": _gc}[args.store_command]
     store = FeatureStore(args.store)
     try:
@@ -105,3 +117,18 @@ def _gc(store, args) -> int:
         print(f"{'would remove' if args.dry_run else 'removed'} {path}")
     print(f"{len(removed)} path(s)")
     return 0
+
+
+def _import(args) -> int:
+    """Exit 1 when some files failed (each printed with its reason), 0 otherwise."""
+    from jobs.ray_runtime import init_ray, output_path
+    from tasks.features import import_release, release
+
+    release(args.kind)  # an unknown kind is refused before Ray starts
+    store = output_path(args.store, "--store", urls=True)
+    init_ray()
+    summary = import_release(args.kind, args.dirs, store, args.manifest, args.part_items)
+    for item, reason in sorted(summary.failures.items()):
+        print(f"FAILED {item}: {reason}")
+    print(summary.line(args.kind))
+    return 1 if summary.failures else 0
