@@ -101,7 +101,8 @@ def _video(item: dict):
 
 
 def prepare_video(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
-    frames, t = read_frames(_video(item), partial(uniform_frames, n=settings.frames), inputs.size)
+    """A video file, or a frame folder read as a clip at one frame per second (pipelines/media.py)."""
+    frames, t = read_frames(_video(item), partial(uniform_frames, n=settings.frames), inputs.size, folders=True)
     return Prepared(frames, t, t)
 
 

@@ -9,7 +9,15 @@ degenerates into one forward decode with no seeks, which is the cheapest way to 
 
 Frames come out as players show them, turned by the stream's display matrix. Media that would read as something
 else is refused with the reason (ItemError): a cut MP4 (its header lists more samples than the file holds), a
-single frame (an image, whatever its extension), a mirroring display matrix."""
+single frame (an image, whatever its extension), a mirroring display matrix.
+
+A folder of images (jpg, jpeg, png: the 3D tasks' posed_images_new/{scene_id}/) is read as a clip by the video
+modality (read_frames with folders=True). A frame folder has no timestamps, so frame k, in the sorted order (by the
+number in the file name when every name is a number, as 0.jpg, 20.jpg, 40.jpg; else by name), has t = k seconds:
+one frame per second keeps the frames' order, and makes the patch's time neighbourhoods pick view k for frame k, as
+the official code's chunk k is view k. Frames are sampled on those times as a video's are (uniform_frames over the
+frame count: every frame when the folder holds exactly as many as wanted), and each image is decoded and resized
+by PyAV as a video frame is. A frame folder has no audio and no frame rate: audio and hfr refuse it (ItemError)."""
 import bisect
 import io
 import os
@@ -143,8 +151,67 @@ def upright(frame, image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, turns))  # rot90 turns counter-clockwise, as frame.rotation counts
 
 
-def read_frames(source, pick, size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(frames [N,H,W,3] uint8, times [N] seconds) of the frames `pick(times of all frames) -> indices` selects."""
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png")
+
+
+def is_frame_folder(source) -> bool:
+    return isinstance(source, (str, os.PathLike)) and os.path.isdir(source)
+
+
+def frame_files(folder: str) -> list[str]:
+    """The image files of `folder` in frame order: by the number in the file name when every name is a number
+    (0.jpg, 20.jpg, 100.jpg), else by name. Hidden files and other files are left out."""
+    names = sorted(os.listdir(folder))
+    images = [n for n in names if not n.startswith(".") and os.path.splitext(n)[1][1:].lower() in IMAGE_SUFFIXES
+              and os.path.isfile(os.path.join(folder, n))]
+    if not images:
+        raise ItemError("an empty frame folder" if not names else
+                        f"a folder with no image files ({', '.join(IMAGE_SUFFIXES)}) among its {len(names)} entries")
+    stems = [os.path.splitext(n)[0] for n in images]
+    if all(stem.isdigit() for stem in stems):
+        images = [n for _, n in sorted(zip(map(int, stems), images))]
+    return [os.path.join(folder, n) for n in images]
+
+
+def read_image(path: str, size: int | None) -> np.ndarray:
+    """The RGB picture [H, W, 3] uint8 of an image file, upright and resized as decode_frames does a video frame."""
+    resize = {"width": size, "height": size, "interpolation": "BICUBIC"} if size else {}
+    try:
+        with open_media(path) as container:
+            if not container.streams.video:
+                raise ItemError("no picture in it")
+            frame = next(container.decode(container.streams.video[0]), None)
+            if frame is None:
+                raise ItemError("no picture decoded")
+            return upright(frame, frame.to_ndarray(format="rgb24", **resize))
+    except (ItemError, av.error.FFmpegError, OSError) as e:
+        raise ItemError(f"image {path} cannot be read: {e}") from e
+
+
+def read_frame_folder(folder: str, pick, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """read_frames of a frame folder: frame k of frame_files at t = k seconds; only the picked images are read."""
+    files = frame_files(folder)
+    times = np.arange(len(files), dtype=np.float64)
+    wanted = pick(times)
+    images = {k: read_image(files[k], size) for k in np.unique(wanted).tolist()}
+    shapes = {k: image.shape for k, image in images.items()}
+    if len(set(shapes.values())) > 1:
+        first = min(shapes)
+        other = next(k for k in sorted(shapes) if shapes[k] != shapes[first])
+        raise ItemError(f"images of different sizes: {files[first]} is {shapes[first][1]}x{shapes[first][0]}, "
+                        f"{files[other]} is {shapes[other][1]}x{shapes[other][0]}")
+    return np.stack([images[k] for k in wanted.tolist()]), times[wanted]
+
+
+def read_frames(source, pick, size: int | None, folders: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(frames [N,H,W,3] uint8, times [N] seconds) of the frames `pick(times of all frames) -> indices` selects.
+    With `folders`, a frame folder is read as a clip at one frame per second (read_frame_folder); without, it is
+    refused."""
+    if is_frame_folder(source):
+        if not folders:
+            raise ItemError("a frame folder has no frame times of its own: only the video modality reads one (at "
+                            "one frame per second)")
+        return read_frame_folder(source, pick, size)
     with open_media(source) as container:
         if not container.streams.video:
             raise ItemError("no video track")
@@ -157,6 +224,8 @@ def read_frames(source, pick, size: int | None) -> tuple[np.ndarray, np.ndarray]
 def read_audio(source) -> tuple[np.ndarray, int, float]:
     """(samples [channels, n] float32, sample rate, time of the first sample in seconds) of the first audio track,
     decoded whole: audio decoding is cheap, and fbank windows cover the entire track."""
+    if is_frame_folder(source):
+        raise ItemError("a frame folder has no audio")
     with open_media(source) as container:
         if not container.streams.audio:
             raise ItemError("no audio track")
