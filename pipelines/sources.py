@@ -2,7 +2,8 @@
 
 - a directory of video files (its top level; the id is the file name without its suffix),
 - a JSONL manifest, one item a line: {"id", "video", "exo": [{"view", "path", "offset_s"}], "rgbd"} with paths
-  relative to the manifest's directory (the synthetic corpus's manifest.jsonl is one),
+  relative to the manifest's directory (the synthetic corpus's manifest.jsonl is one); "video" is a video file or
+  a folder of frames (the 3D tasks' manifests: pipelines/media.py reads it at one frame per second),
 - WebDataset tar shards (a .tar file or a directory of them): the video is the sample's video member, the rest of
   the item comes from its `json` member (a manifest row), whose paths are relative to `root` (default: the
   directory above the shards', the corpus layout).
