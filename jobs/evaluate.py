@@ -1,5 +1,6 @@
 """`pave eval`: generate answers with a trained PAVE model (or the bare base model) from stored features, on
---workers Ray actors, and score them (training/evaluation.py). Writes report.json and report.md into --out."""
+--workers Ray actors, and score them (training/evaluation.py). Writes report.json and report.md into --out; with
+--task, generates with that paper task's official settings and also writes its official scores (scores.json)."""
 import argparse
 import time
 from pathlib import Path
@@ -18,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="default: the run config's eval.batch_size")
     parser.add_argument("--max-new-tokens", type=int, default=0, help="default: the run config's eval.max_new_tokens")
     parser.add_argument("--name", default="", help="label of this model in the report (default: checkpoint dir)")
+    parser.add_argument("--task", help="a paper task (music-avqa, avsd, scanqa, sqa3d): generate with its official "
+                                       "settings (greedy, up to 1024 new tokens, batch 1; flags given override) and "
+                                       "score with its official metrics into scores.json (tasks/)")
+    parser.add_argument("--task-annotations", metavar="RAW",
+                        help="with --task: the task's raw eval file, as `pave score --annotations` takes it")
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="evaluate on features or a base model other than those the checkpoint was trained on "
                              "(refused by default), with a warning")
@@ -30,11 +36,36 @@ def fingerprints(values: list[str]) -> dict[str, str]:
     return {m: fp for m, _, fp in pairs}
 
 
+def official_task(args):
+    """The task module of --task, checked before any generation: it has a scorer, and its raw eval file exists."""
+    from tasks import task
+    from tasks.common import TaskDataError
+
+    module = task(args.task)
+    if not hasattr(module, "score"):
+        raise TaskDataError(f"--task {args.task}: no official scorer here (its benchmarks, VideoMME and MVBench, are "
+                            "scored by lmms-eval); evaluate without --task")
+    if not args.task_annotations or not Path(args.task_annotations).is_file():
+        raise TaskDataError(f"--task {args.task} needs --task-annotations RAW, the task's raw eval file "
+                            f"(got {args.task_annotations or 'none'})")
+    args.batch_size = args.batch_size or OFFICIAL["batch_size"]
+    args.max_new_tokens = args.max_new_tokens or OFFICIAL["max_new_tokens"]
+    return module
+
+
+# The official PAVE evaluators' generation (shared/reference/paper_tasks.md, section 0): greedy (ours always is),
+# up to 1024 new tokens, one question at a time, stopping at the chat template's end of turn (the tokenizer's eos).
+OFFICIAL = {"batch_size": 1, "max_new_tokens": 1024}
+
+
 def run(args) -> int:
+    import json
+
     from jobs.ray_runtime import init_ray, output_path
     from training.evaluation import EvalRequest, evaluate, write_report
 
     started = time.perf_counter()
+    module = official_task(args) if args.task else None
     out = Path(output_path(args.out, "--out"))
     request = EvalRequest(args.annotations, args.checkpoint, args.store, args.base_model,
                           fingerprints(args.fingerprint), args.workers, args.gpus_per_worker,
@@ -48,4 +79,8 @@ def run(args) -> int:
     m = report["metrics"]
     print(f"{name}: exact match {m['exact_match']:.3f}, CIDEr {m['cider']:.3f} over {m['n']} samples on "
           f"{len(report['workers'])} worker(s) ({time.perf_counter() - started:.0f} s) -> {out / 'report.md'}")
+    if module:
+        scores = module.score(Path(args.task_annotations), out / "report.json", False)
+        (out / "scores.json").write_text(json.dumps(scores, indent=2))
+        print(f"{args.task} official scores -> {out / 'scores.json'}\n{json.dumps(scores, indent=2)}")
     return 0

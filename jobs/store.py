@@ -58,8 +58,8 @@ def _describe(info) -> str:
     s = info.schema
     extras = "".join(f" +{name}{list(shape)}:{dtype}" for name, (shape, dtype) in s.extras.items())
     return (f"{s.modality:8s} {info.fingerprint_id}  [N,{s.tokens_per_step},{s.dim}] {s.dtype}{extras}  "
-            f"ok={info.n_ok} failed={info.n_failed}  {info.n_bytes / 2**20:,.1f} MiB  encoder={info.spec.get('encoder')}  "
-            f"attrs={s.attrs}")
+            f"ok={info.n_ok} failed={info.n_failed}  {info.n_bytes / 2**20:,.1f} MiB  "
+            f"encoder={info.spec.get('encoder')}  attrs={s.attrs}")
 
 
 def _ls(store, args) -> int:
