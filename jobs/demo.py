@@ -1,9 +1,10 @@
 """`pave demo`: the whole system on a synthetic corpus whose answers only the audio reveals, on local Ray.
 
 make-corpus -> tiny base model -> materialize video + audio tokens -> train LoRA only and patch + LoRA (the same
-recipe and steps) -> evaluate base, LoRA only, patch + LoRA on the held-out questions -> a results table, and
-`pave report`'s page comparing them. Every stage is the `pave` command a user runs; the demo only chains them. The pitch is not visible in the frames, so a model
-that cannot hear sits at chance (0.5) and only the audio patch can do better.
+recipe and steps) -> evaluate base, LoRA only, patch + LoRA on the held-out questions -> a results table, and `pave
+report`'s page comparing them. Every stage is the `pave` command a user runs; the demo only chains them. The pitch
+is not visible in the frames, so a model that cannot hear sits at chance (0.5) and only the audio patch can do
+better.
 """
 import json
 import time
