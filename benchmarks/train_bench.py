@@ -186,12 +186,14 @@ def bench_config(directory: Path, batch_size: int, checkpointing: str, compile_l
 def report(args) -> None:
     """Steady-state metrics of a finished `pave train` run: the mean over its metric windows but the first --skip
     (model and data pipeline warm-up), MFU from the model's shapes (built on the meta device: no weights, no memory)."""
-    from training.tracking import METRICS
+    from training.loop import WORKER_METRICS, read_rank_log
     from training.modeling import build_skeleton
+    from training.tracking import METRICS
 
     for run in args.runs:
         history = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
         cfg = load(run / "final")
+        workers = [read_rank_log(run / "ray" / cfg.name, WORKER_METRICS, rank) for rank in range(cfg.scale.workers)]
         model = build_skeleton(cfg, {m: v.schema.dim for m, v in dataset(cfg)[1].items()})
         steady = history[args.skip:] or history
         mean = {k: statistics.mean(m[k] for m in steady)
@@ -205,8 +207,11 @@ def report(args) -> None:
             "window_step_ms": [round(1000 * m["step_time_s"]) for m in history],
             "steady_from_window": args.skip + 1, "step_ms": round(1000 * mean["step_time_s"], 1),
             "tokens_per_s": round(mean["tokens_per_s"]), "samples_per_s": round(mean["samples_per_s"], 2),
-            # every worker takes the same steps of the same batch size as rank 0, whose metrics these are
-            "samples_per_s_all_workers": round(cfg.scale.workers * mean["samples_per_s"], 2),
+            # each worker's own steady-state samples/s, summed (the run's metrics.jsonl is rank 0's alone)
+            "samples_per_s_all_workers": round(sum(statistics.mean(m["samples_per_s"] for m in w[args.skip:] or w)
+                                                   for w in workers), 2),
+            "data_wait_frac_per_worker": [round(statistics.mean(m["data_wait_frac"] for m in w[args.skip:] or w), 4)
+                                          for w in workers],
             "mfu": mfu(dense * mean["tokens_per_s"]), "mfu_attn": mfu(with_attn * mean["tokens_per_s"]),
             "data_wait_frac": round(mean["data_wait_frac"], 4),
             "window_data_wait_frac": [round(m["data_wait_frac"], 4) for m in history],

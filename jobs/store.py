@@ -122,12 +122,12 @@ def _gc(store, args) -> int:
 def _import(args) -> int:
     """Exit 1 when some files failed (each printed with its reason), 0 otherwise."""
     from jobs.ray_runtime import init_ray, output_path
-    from tasks.features import import_release, release
+    from tasks.features import import_release, listing
 
-    release(args.kind)  # an unknown kind is refused before Ray starts
+    items = listing(args.kind, args.dirs, args.manifest)  # bad arguments are refused before Ray starts
     store = output_path(args.store, "--store", urls=True)
     init_ray()
-    summary = import_release(args.kind, args.dirs, store, args.manifest, args.part_items)
+    summary = import_release(args.kind, items, store, args.part_items)
     for item, reason in sorted(summary.failures.items()):
         print(f"FAILED {item}: {reason}")
     print(summary.line(args.kind))

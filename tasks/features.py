@@ -183,16 +183,14 @@ class ImportSummary:
                 f"-> version {self.version}")
 
 
-def import_release(kind: str, directories: list[Path], store_url: str, manifest: Path | None = None,
-                   part_items: int = 64) -> ImportSummary:
-    """Import the release's files under `directories` into the store at `store_url` (a Ray Data job, one part per
+def import_release(kind: str, items: list[dict], store_url: str, part_items: int = 64) -> ImportSummary:
+    """Import the release's files `items` (listing()) into the store at `store_url` (a Ray Data job, one part per
     `part_items` files); the caller initialises Ray."""
     import ray
 
     from featurestore import FeatureStore, TokenSchema, fingerprint
 
     spec = release(kind)
-    items = listing(kind, directories, manifest)
     first = load_tensor(Path(items[0]["file"]))
     dtype, dim = str(first.dtype).removeprefix("torch."), first.shape[-1]
     schema = TokenSchema(spec.modality, spec.tokens_per_step, dim, dtype, attrs={**spec.attrs, "encoder": spec.model})

@@ -97,6 +97,7 @@ class ScaleConfig:
     gpus_per_worker: Annotated[float, alias("--gpus-per-worker")] = 0.0
     cpus_per_worker: Annotated[float, alias("--cpus-per-worker")] = 0.5  # fractional: the loaders need CPUs beside the workers (DESIGN pitfalls)
     strategy: Annotated[Literal["ddp", "fsdp"], alias("--strategy")] = "ddp"
+    grad_reduce: Literal["float32", "bfloat16"] = "float32"  # gradients exchanged in this dtype (bf16: half bytes)
 
 
 @with_config(STRICT)

@@ -4,8 +4,9 @@ training/tracking.py) and a checkpoint every `checkpoint.every`, and at the end 
 its own device) with the metrics and the loss curve.
 
 Each worker also logs its data order, one line per micro-batch (step, micro-batch number, epoch, position, sample
-ids), in RUN/data_order/rank<r>.jsonl: a resumed run first cuts the lines past the step it resumes from, so the file
-always tells exactly what each step was trained on.
+ids), in RUN/data_order/rank<r>.jsonl, and its own metrics reports in RUN/metrics/rank<r>.jsonl (OUT/metrics.jsonl
+holds rank 0's): a resumed run first cuts the lines past the step it resumes from, so the files always tell exactly
+what each step was trained on and how fast every worker went.
 """
 import json
 import tempfile
@@ -24,15 +25,19 @@ from training.tracking import Trackers
 LOSS_CURVE = "loss_curve.png"
 
 
-def sample_log_path(run_dir: Path, rank: int) -> Path:
-    return run_dir / "data_order" / f"rank{rank}.jsonl"
+DATA_ORDER, WORKER_METRICS = "data_order", "metrics"  # the per-worker logs under RUN/
 
 
-class SampleLog:
-    """RUN/data_order/rank<r>.jsonl, kept consistent with the checkpoint a run resumes from."""
+def rank_log_path(run_dir: Path, kind: str, rank: int) -> Path:
+    return run_dir / kind / f"rank{rank}.jsonl"
 
-    def __init__(self, run_dir: Path, rank: int, resumed_step: int):
-        self.path = sample_log_path(run_dir, rank)
+
+class RankLog:
+    """RUN/<kind>/rank<r>.jsonl, one JSON object per line with its step, kept consistent with the checkpoint a run
+    resumes from: the lines past that step are cut."""
+
+    def __init__(self, run_dir: Path, kind: str, rank: int, resumed_step: int):
+        self.path = rank_log_path(run_dir, kind, rank)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if self.path.exists():  # a line cut by a crash does not parse and goes too
@@ -45,14 +50,13 @@ class SampleLog:
                     kept.append(line + "\n")
         self.path.write_text("".join(kept))
 
-    def write(self, step: int, micro: int, epoch: int, position: int, sample_ids: list[str]) -> None:
-        entry = {"step": step, "micro": micro, "epoch": epoch, "position": position, "ids": list(sample_ids)}
+    def write(self, entry: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
 
-def read_sample_log(run_dir: Path, rank: int) -> list[dict]:
-    return [json.loads(line) for line in sample_log_path(run_dir, rank).read_text().splitlines()]
+def read_rank_log(run_dir: Path, kind: str, rank: int) -> list[dict]:
+    return [json.loads(line) for line in rank_log_path(run_dir, kind, rank).read_text().splitlines()]
 
 
 def write_curves(history: list[dict], out: Path) -> None:
@@ -108,7 +112,8 @@ def train_loop_per_worker(config: dict) -> None:
                     context.get_world_size()).setup()
     run_dir = Path(config["run_dir"])
     recipe.restore(run_dir)
-    sample_log = SampleLog(run_dir, rank, recipe.state.step)
+    sample_log = RankLog(run_dir, DATA_ORDER, rank, recipe.state.step)
+    metrics_log = RankLog(run_dir, WORKER_METRICS, rank, recipe.state.step)
     batches = recipe.batches()
     out = Path(config["out"])
     trackers, first_step = Trackers(cfg, out, enabled=rank == 0), recipe.state.step
@@ -118,13 +123,16 @@ def train_loop_per_worker(config: dict) -> None:
         micro = [next(batches) for _ in range(cfg.optim.grad_accum)]
         wait_s = time.perf_counter() - started
         for number, batch in micro:
-            sample_log.write(recipe.state.step + 1, number, *recipe.order.locate(number), batch["sample_ids"])
+            epoch, position = recipe.order.locate(number)
+            sample_log.write({"step": recipe.state.step + 1, "micro": number, "epoch": epoch, "position": position,
+                              "ids": list(batch["sample_ids"])})
         window.add(recipe.step([batch for _, batch in micro]), wait_s)
         step = recipe.state.step
         save = step % cfg.checkpoint.every == 0 or step == cfg.optim.steps
         if save or step % cfg.checkpoint.report_every == 0:
             metrics = window.metrics(recipe)
             recipe.state.history.append(metrics)
+            metrics_log.write(metrics)
             trackers.log(recipe.state.history, first_step)
             report(recipe, metrics, save)
             window = Window()

@@ -78,16 +78,18 @@ class TrainingLoss(torch.nn.Module):
                                    batch["labels"], batch.get("position_ids"))
 
 
-def fsdp(module: TrainingLoss) -> TrainingLoss:
+def fsdp(module: TrainingLoss, reduce_dtype: torch.dtype = torch.float32) -> TrainingLoss:
     """FSDP (per-parameter sharding, torch.distributed.fsdp.fully_shard): one unit per LLM decoder layer, the rest
     (embeddings, vision tower, projector, patches, lm_head) in the root unit. Unlike Ray's prepare_model (FSDP1) it
     wraps a single worker too, so the 1-GPU run is the scaling baseline, and it does not flatten a unit's frozen
-    bf16 and trainable float32 weights into one tensor (FSDP1 requires one dtype per unit)."""
-    from torch.distributed.fsdp import fully_shard
+    bf16 and trainable float32 weights into one tensor (FSDP1 requires one dtype per unit). Gradients are
+    reduce-scattered in `reduce_dtype` (the weights keep their own dtypes)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(reduce_dtype=reduce_dtype)
     for layer in module.model.hf.model.language_model.layers:
-        fully_shard(layer)
-    fully_shard(module)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(module, mp_policy=policy)
     return module
 
 

@@ -17,6 +17,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from featurestore import Version
@@ -71,13 +72,16 @@ class Recipe:
         if cfg.model.compile if cfg.model.compile is not None else self.on_gpu:
             compile_layers(self.model)
         module = TrainingLoss(self.model, bf16=self.on_gpu)
+        reduce_dtype = getattr(torch, cfg.scale.grad_reduce)
         if cfg.scale.strategy == "fsdp":
-            self.module = fsdp(module)
+            self.module = fsdp(module, reduce_dtype)
         else:
             module.to(self.device)
             distributed = torch.distributed.is_initialized() and self.world_size > 1
             self.module = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[self.device] if self.on_gpu else None) if distributed else module
+            if distributed and reduce_dtype == torch.bfloat16:  # half the bytes on the wire; summed in bf16
+                self.module.register_comm_hook(None, bf16_compress_hook)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(

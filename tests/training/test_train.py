@@ -13,7 +13,7 @@ import pytest
 from jobs.cli import main as pave
 from training.config import RUN_CONFIG, load, parse
 from training.launch import fit
-from training.loop import read_sample_log
+from training.loop import DATA_ORDER, WORKER_METRICS, read_rank_log
 from training.tracking import METRICS
 
 pytestmark = pytest.mark.timeout(900)
@@ -60,9 +60,14 @@ def test_two_workers_learn_and_rank_0_exports_a_peft_adapter_with_the_run_config
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
     assert lora_b and any(float(p.abs().max()) > 0 for p in lora_b)
     # each worker logged its 16 micro-batches of 4 samples, the two disjoint within every step
-    logs = [read_sample_log(out / "ray" / run.name, rank) for rank in (0, 1)]
+    logs = [read_rank_log(out / "ray" / run.name, DATA_ORDER, rank) for rank in (0, 1)]
     assert [e["step"] for e in logs[0]] == [e["step"] for e in logs[1]] == list(range(1, 17))
     assert all(not set(a["ids"]) & set(b["ids"]) for a, b in zip(*logs))
+    # and its own metrics: rank 0's are the run's; both saw 4 samples a step at every report
+    reports = [read_rank_log(out / "ray" / run.name, WORKER_METRICS, rank) for rank in (0, 1)]
+    assert reports[0] == history(out)
+    assert [m["step"] for m in reports[1]] == [4, 8, 12, 16] and reports[1] != reports[0]
+    assert all(m["samples_per_s"] * m["step_time_s"] == pytest.approx(4) for m in reports[0] + reports[1])
 
 
 def test_rank_0_writes_the_reported_metrics_to_tensorboard_mlflow_and_wandb(trained, monkeypatch):
@@ -110,17 +115,27 @@ def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_repo
 
 
 def test_fsdp_two_workers_train(synthetic_store, ray_local, tmp_path):
-    """FSDP (fully_shard over gloo): the same recipe learns with sharded weights, gradient checkpointing on and
-    gradients accumulated over 2 micro-batches (synced on the second only), and rank 0 exports the gathered
-    weights into the same adapter layout."""
+    """FSDP (fully_shard over gloo): the same recipe learns with sharded weights, gradient checkpointing on,
+    gradients accumulated over 2 micro-batches (synced on the second only) and reduce-scattered in bfloat16, and
+    rank 0 exports the gathered weights into the same adapter layout."""
     store, annotations = synthetic_store
     final = fit(config(store, annotations, tmp_path / "run", "--scale.strategy", "fsdp",
-                       "--model.activation-checkpointing", "full", "--grad-accum", "2"))
+                       "--model.activation-checkpointing", "full", "--grad-accum", "2",
+                       "--scale.grad-reduce", "bfloat16"))
     losses = [m["loss"] for m in history(tmp_path / "run")]
     assert losses[-1] < losses[0] - 0.5, losses
     assert load(final).scale.strategy == "fsdp"
     assert (final / "lora" / "adapter_model.safetensors").exists()
     assert (final / "patches" / "audio" / "model.safetensors").exists()
+
+
+def test_bf16_gradient_reduction_leaves_the_losses_as_they_were(trained, synthetic_store, tmp_path):
+    """DDP exchanging bfloat16 gradients (half the bytes of float32): the same run's losses, to 2%; not bit for bit,
+    since the reduction rounds."""
+    store, annotations = synthetic_store
+    fit(config(store, annotations, tmp_path / "bf16", "--scale.grad-reduce", "bfloat16"))
+    float32, bfloat16 = ([m["loss"] for m in history(out)] for out in (trained[1], tmp_path / "bf16"))
+    assert bfloat16 != float32 and bfloat16 == pytest.approx(float32, rel=0.02)
 
 
 def train_workers() -> list[psutil.Process]:
@@ -158,8 +173,8 @@ def test_a_killed_run_resumes_the_exact_data_sequence(synthetic_store, ray_local
 
     assert history(out)[-1]["step"] == 12 and history(out)[-1]["resumes"] >= 1  # restarted from a checkpoint
     for rank in (0, 1):
-        resumed = read_sample_log(out / "ray" / killed.name, rank)
-        expected = read_sample_log(tmp_path / "reference" / "ray" / reference.name, rank)
+        resumed = read_rank_log(out / "ray" / killed.name, DATA_ORDER, rank)
+        expected = read_rank_log(tmp_path / "reference" / "ray" / reference.name, DATA_ORDER, rank)
         assert resumed == expected
         assert [e["step"] for e in expected] == [s for s in range(1, 13) for _ in range(2)]  # 2 micro-batches each
         assert [(e["epoch"], e["position"]) for e in expected[:4]] == [(0, 0), (0, 1), (0, 2), (1, 0)]
