@@ -1,5 +1,5 @@
-"""`pave make-corpus OUT --videos N [--seed S] [--webdataset]`: write a synthetic corpus whose content is known
-(layout and truth files: pipelines/corpus.py)."""
+"""`pave make-corpus OUT --videos N [--seed S] [--webdataset] [--profile tiny|720p|1080p]`: write a synthetic corpus
+whose content is known (layout, truth files and profiles: pipelines/corpus.py)."""
 from pathlib import Path
 
 
@@ -8,6 +8,9 @@ def add_arguments(parser):
     parser.add_argument("--videos", type=int, required=True, metavar="N", help="number of takes")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same corpus (default 0)")
     parser.add_argument("--webdataset", action="store_true", help="also write WebDataset shards of the main videos")
+    parser.add_argument("--profile", default="tiny", choices=["tiny", "720p", "1080p"],
+                        help="tiny: small takes of every kind with exo and RGB-D (default); 720p / 1080p: 30 fps "
+                             "H.264 + AAC, 30-120 s, a keyframe every 2-4 s, textured, main videos only")
 
 
 def run(args) -> int:
@@ -15,12 +18,13 @@ def run(args) -> int:
     import time
 
     from jobs.ray_runtime import output_path
-    from pipelines.corpus import load_manifest, make_corpus
+    from pipelines.corpus import PROFILES, load_manifest, make_corpus
 
     args.out = Path(output_path(str(args.out), "OUT"))
     started = time.perf_counter()
     try:
-        manifest = make_corpus(args.out, args.videos, seed=args.seed, webdataset=args.webdataset)
+        manifest = make_corpus(args.out, args.videos, seed=args.seed, webdataset=args.webdataset,
+                               profile=PROFILES[args.profile])
     except (FileExistsError, ValueError) as err:
         raise SystemExit(f"pave make-corpus: {err}") from err
     rows = load_manifest(args.out)

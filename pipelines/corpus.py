@@ -36,6 +36,12 @@ Deterministic kinds of take, by index, so a corpus of 5 or more has each: index 
 rate, index % 6 == 3 starts at LATE_START_S, and index % 5 == 4 changes pitch at a known time. A take with a pitch
 change keeps its annotation but is asked for the pitch at the start, so every question has one answer that the
 audio alone determines.
+
+Profiles (PROFILES, `pave make-corpus --profile`): "tiny" is the above (small frames, every kind of take, exo views
+and RGB-D scenes). "720p" and "1080p" shoot what users materialize: H.264 at 30 fps, 30-120 s, a keyframe every
+2-4 s (a fixed GOP per take, `video.gop_frames` in the truth), AAC audio, over a textured background that pans so
+that frames cost a real encoder and decoder what camera footage does; main videos only (no exo, no RGB-D, no VFR or
+late-start takes).
 """
 import json
 import os
@@ -71,7 +77,27 @@ PALETTE = {
 }
 
 
-def make_corpus(out_dir: str | Path, n_videos: int, seed: int = 0, webdataset: bool = False) -> Path:
+@dataclass(frozen=True)
+class Profile:
+    """How a corpus's takes are shot."""
+
+    sizes: tuple = SIZES  # (width, height) choices
+    fps: tuple = FPS
+    seconds: tuple = (3, 8)  # take length range
+    gop_s: tuple | None = None  # a keyframe every this many seconds (range, drawn per take); None: x264's choice
+    texture: bool = False  # a panning textured background instead of a plain colour
+    side_media: bool = True  # exo views, RGB-D scenes, and the VFR and late-start takes
+    pan_px_per_s: float = 60.0  # texture pan speed
+
+
+REAL = dict(fps=(30,), seconds=(30, 120), gop_s=(2, 4), texture=True, side_media=False)
+PROFILES = {"tiny": Profile(), "720p": Profile(sizes=((1280, 720),), **REAL),
+            "1080p": Profile(sizes=((1920, 1080),), **REAL)}
+TEXTURE_CELL = 6  # pixels per texture cell: detail an encoder has to spend bits on, unlike per-pixel noise
+
+
+def make_corpus(out_dir: str | Path, n_videos: int, seed: int = 0, webdataset: bool = False,
+                profile: Profile = PROFILES["tiny"]) -> Path:
     """Write a corpus of `n_videos` takes into `out_dir` (new or empty) and return the manifest path.
 
     The corpus is built in a sibling temporary directory and renamed into place, so `out_dir` never holds half a
@@ -85,7 +111,7 @@ def make_corpus(out_dir: str | Path, n_videos: int, seed: int = 0, webdataset: b
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         work.chmod(0o755)
-        takes = _plan_corpus(n_videos, seed)
+        takes = _plan_corpus(n_videos, seed, profile)
         for take in takes:
             _write_take(work, take)
         rows = [_manifest_row(take) for take in takes]
@@ -114,15 +140,16 @@ def load_manifest(corpus_dir: str | Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- planning
 
 
-def _plan_corpus(n_videos: int, seed: int) -> list[dict]:
+def _plan_corpus(n_videos: int, seed: int, profile: Profile) -> list[dict]:
     rng = np.random.default_rng(seed)
     # Balanced answers (counts differ by at most one) from the corpus stream; each take's content comes from its
     # own stream, so what the frames show is independent of the answer.
     answers = rng.permutation(np.resize(list(PITCH_HZ), n_videos))
     # Container formats cycle through seed-shuffled orders, so any 4 consecutive takes cover every fps and rate.
-    formats = {"fps": rng.permutation(FPS), "size": rng.permutation(len(SIZES)), "rate": rng.permutation(SAMPLE_RATES)}
+    formats = {"fps": rng.permutation(profile.fps), "size": rng.permutation(len(profile.sizes)),
+               "rate": rng.permutation(SAMPLE_RATES)}
     return [
-        _plan_take(index, str(answer), split, formats, np.random.default_rng([seed, index]))
+        _plan_take(index, str(answer), split, formats, np.random.default_rng([seed, index]), profile)
         for index, (answer, split) in enumerate(zip(answers, _stratified_splits(answers)))
     ]
 
@@ -136,15 +163,16 @@ def _stratified_splits(answers) -> list[str]:
     return splits
 
 
-def _plan_take(index: int, answer: str, split: str, formats: dict, rng: np.random.Generator) -> dict:
+def _plan_take(index: int, answer: str, split: str, formats: dict, rng: np.random.Generator,
+               profile: Profile) -> dict:
     video_id = f"v{index:04d}"
-    fps = int(formats["fps"][index % len(FPS)])
-    width, height = SIZES[formats["size"][index % len(SIZES)]]
-    start = LATE_START_S if index % 6 == 3 else 0.0
-    duration = round(float(rng.uniform(3, 8)), 1)
+    fps = int(formats["fps"][index % len(profile.fps)])
+    width, height = profile.sizes[formats["size"][index % len(profile.sizes)]]
+    start = LATE_START_S if index % 6 == 3 and profile.side_media else 0.0
+    duration = round(float(rng.uniform(*profile.seconds)), 1)
     end = start + duration
     path = f"videos/{video_id}.mp4"
-    if index % 6 == 2:  # variable frame rate: irregular 20-150 ms gaps on a 90 kHz clock
+    if index % 6 == 2 and profile.side_media:  # variable frame rate: irregular 20-150 ms gaps on a 90 kHz clock
         pts_ms = np.concatenate([[0], np.cumsum(rng.integers(20, 151, size=int(duration * 50) + 1))])
         pts = [start + ms / 1000 for ms in pts_ms[pts_ms < duration * 1000]]
         video = _stream_truth(path, "vfr", VFR_TIME_BASE, pts, width, height)
@@ -165,17 +193,22 @@ def _plan_take(index: int, answer: str, split: str, formats: dict, rng: np.rando
         "segments": [[t0, t1, PITCH_HZ[p]] for t0, t1, p in zip(bounds, bounds[1:], pitches)],
     }
 
-    exo_formats = [
-        (int(formats["fps"][(index + k) % len(FPS)]), SIZES[formats["size"][(index + k) % len(SIZES)]])
-        for k in range(1, 2 + (index % 3 == 0))  # every 3rd take has two exo views
-    ]
-    times = [round(start + (k + 0.5) * duration / corpus_rgbd.N_VIEWS, 6) for k in range(corpus_rgbd.N_VIEWS)]
-    return {
-        "id": video_id, "answer": answer, "question": START_QUESTION if change else QUESTION, "split": split,
-        "video": video, "audio": audio, "scene": _plan_shapes(rng, video),
-        "exo": [_plan_exo(rng, video_id, k, fmt, video) for k, fmt in enumerate(exo_formats, start=1)],
-        "rgbd": corpus_rgbd.plan_scene(rng, PALETTE, times, f"rgbd/{video_id}.npz"),
-    }
+    take = {"id": video_id, "answer": answer, "question": START_QUESTION if change else QUESTION, "split": split,
+            "video": video, "audio": audio, "scene": _plan_shapes(rng, video), "exo": [], "rgbd": None}
+    if profile.side_media:
+        exo_formats = [
+            (int(formats["fps"][(index + k) % len(FPS)]), SIZES[formats["size"][(index + k) % len(SIZES)]])
+            for k in range(1, 2 + (index % 3 == 0))  # every 3rd take has two exo views
+        ]
+        times = [round(start + (k + 0.5) * duration / corpus_rgbd.N_VIEWS, 6) for k in range(corpus_rgbd.N_VIEWS)]
+        take["exo"] = [_plan_exo(rng, video_id, k, fmt, video) for k, fmt in enumerate(exo_formats, start=1)]
+        take["rgbd"] = corpus_rgbd.plan_scene(rng, PALETTE, times, f"rgbd/{video_id}.npz")
+    if profile.gop_s:
+        video["gop_frames"] = int(round(float(rng.uniform(*profile.gop_s)) * fps))
+    if profile.texture:
+        take["scene"]["texture"] = {"seed": int(rng.integers(2**31)), "cell": TEXTURE_CELL,
+                                    "pan_px_per_s": profile.pan_px_per_s}
+    return take
 
 
 def _plan_shapes(rng: np.random.Generator, video: dict) -> dict:
@@ -223,7 +256,7 @@ def _stream_truth(path: str, fps, time_base: Fraction, pts: list[float], width: 
 def _manifest_row(take: dict) -> dict:
     return {"id": take["id"], "video": take["video"]["path"],
             "exo": [{"view": e["view"], "path": e["path"], "offset_s": e["offset_s"]} for e in take["exo"]],
-            "rgbd": take["rgbd"]["path"]}
+            "rgbd": take["rgbd"]["path"] if take["rgbd"] else ""}
 
 
 def _annotation(take: dict) -> dict:
@@ -237,13 +270,15 @@ def _annotation(take: dict) -> dict:
 def _write_take(root: Path, take: dict) -> None:
     video, scene = take["video"], take["scene"]
     main_view = _View(video["width"], video["height"], main_width=video["width"])
-    _write_mp4(root / video["path"], video, lambda t: _draw(scene, main_view, t), take["audio"])
+    background = _panning_texture(scene["texture"], video) if "texture" in scene else None
+    _write_mp4(root / video["path"], video, lambda t: _draw(scene, main_view, t, background), take["audio"])
     for exo in take["exo"]:
         view = _View(exo["width"], exo["height"], video["width"], exo["mirror"], exo["scale"], tuple(exo["shift"]))
         # Exo time tau shows the scene at main time tau + offset_s.
         _write_mp4(root / exo["path"], exo, lambda tau, v=view, offset=exo["offset_s"]: _draw(scene, v, tau + offset))
-    (root / "rgbd").mkdir(exist_ok=True)
-    np.savez_compressed(root / take["rgbd"]["path"], **corpus_rgbd.render(take["rgbd"]))
+    if take["rgbd"]:
+        (root / "rgbd").mkdir(exist_ok=True)
+        np.savez_compressed(root / take["rgbd"]["path"], **corpus_rgbd.render(take["rgbd"]))
     (root / "truth").mkdir(exist_ok=True)
     (root / "truth" / f"{take['id']}.json").write_text(json.dumps(take, indent=1))
 
@@ -264,10 +299,21 @@ class _View:
         return x * self.scale + self.shift[0], y * self.scale + self.shift[1], radius * self.scale
 
 
-def _draw(scene: dict, view: _View, t: float) -> np.ndarray:
-    """The RGB frame that `view` sees at main-timeline time t."""
+def _panning_texture(texture: dict, video: dict):
+    """t -> the background at main-timeline time t: a random texture of `cell`-pixel cells, wider than the frame,
+    that pans left at pan_px_per_s (built once per take; each frame is a slice of it)."""
+    cell, width, height = texture["cell"], video["width"], video["height"]
+    pan = int(np.ceil(texture["pan_px_per_s"] * (video["start_time"] + video["duration"])))
+    rng = np.random.default_rng(texture["seed"])
+    cells = rng.integers(0, 256, size=(-(-height // cell), -(-(width + pan) // cell), 3), dtype=np.uint8)
+    wide = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)[:height]
+    return lambda t: wide[:, int(texture["pan_px_per_s"] * t):][:, :width]
+
+
+def _draw(scene: dict, view: _View, t: float, background=None) -> np.ndarray:
+    """The RGB frame that `view` sees at main-timeline time t (over `background(t)` when given)."""
     frame = np.empty((view.height, view.width, 3), np.uint8)
-    frame[:] = scene["background"]
+    frame[:] = scene["background"] if background is None else background(t)
     y, x = np.ogrid[: view.height, : view.width]
     for shape in scene["shapes"]:
         cx, cy = (np.interp(t, [scene["t0"], scene["t1"]], [a, b]) for a, b in zip(shape["start"], shape["end"]))
@@ -286,11 +332,16 @@ def _write_mp4(path: Path, stream: dict, draw, audio: dict | None = None) -> Non
     time_base = Fraction(stream["time_base"])
     with av.open(str(path), "w") as container:
         # A nominal rate for the VFR take only steers x264's rate control; its pts carry the real timing.
+        options = {"preset": "veryfast"}
+        if "gop_frames" in stream:  # a fixed GOP: keyframes exactly every gop_frames frames, no scene-cut ones
+            gop = str(stream["gop_frames"])
+            options.update({"g": gop, "keyint_min": gop, "sc_threshold": "0"})
         video = container.add_stream("libx264", rate=30 if stream["fps"] == "vfr" else stream["fps"],
-                                     options={"preset": "veryfast"})
+                                     options=options)
         video.width, video.height, video.pix_fmt = stream["width"], stream["height"], "yuv420p"
         video.time_base = video.codec_context.time_base = time_base
-        video.thread_count = 1  # small frames; also leaves the shared cores alone
+        # small frames: one thread, which also leaves the shared cores alone; HD frames: x264's own threading
+        video.thread_count = 1 if stream["width"] * stream["height"] < 640 * 480 else 0
         if audio is not None:  # every stream must exist before the first packet is muxed
             layout = ("mono", "stereo")[audio["channels"] - 1]
             sound = container.add_stream("aac", rate=audio["sample_rate"], layout=layout)

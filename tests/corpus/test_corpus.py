@@ -87,3 +87,33 @@ def test_cli_writes_a_corpus_and_summarises_it(tmp_path, capsys):
     assert "2 takes" in capsys.readouterr().out
     assert pave(["make-corpus", str(tmp_path / "cli"), "--videos", "2"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_a_realistic_profile_has_fixed_keyframe_spacing_30_fps_aac_and_a_moving_texture(tmp_path):
+    """The 720p / 1080p profiles (the GPU materialization benchmark's media) at a small size: what the truth says
+    about rate, size, GOP, duration and audio is what PyAV finds in the files."""
+    from dataclasses import replace
+
+    import av
+
+    from pipelines.corpus import PROFILES
+
+    small = replace(PROFILES["720p"], sizes=((96, 64),), seconds=(3, 4), gop_s=(0.5, 1))
+    assert PROFILES["1080p"].sizes == ((1920, 1080),) and PROFILES["720p"].gop_s == (2, 4)
+    root = make_corpus(tmp_path / "real", 3, seed=2, profile=small).parent
+    for row in load_manifest(root):
+        truth = load_truth(root, row["id"])["video"]
+        assert row["exo"] == [] and row["rgbd"] == "" and not (root / "rgbd").exists()
+        with av.open(str(root / row["video"])) as container:
+            stream = container.streams.video[0]
+            keyframes = [packet.pts for packet in container.demux(stream) if packet.is_keyframe]
+            n_audio, codec = len(container.streams.audio), container.streams.audio[0].codec_context.name
+        assert (stream.width, stream.height, stream.average_rate) == (96, 64, 30)
+        assert n_audio == 1 and codec == "aac"
+        gop = truth["gop_frames"]
+        assert 15 <= gop <= 30 and np.all(np.diff(sorted(keyframes)) == gop * stream.time_base ** -1 / 30)
+        assert len(keyframes) == -(-truth["n_frames"] // gop)  # one every gop frames, no scene-cut extras
+        info, times, frames = decode_video(root / row["video"])
+        assert 3 <= times[-1] + 1 / 30 <= 4.05
+        # the textured background pans: no plain colour, and consecutive frames differ
+        assert frames[0].std() > 40 and np.abs(frames[1].astype(int) - frames[0]).mean() > 10
