@@ -14,13 +14,16 @@ A store may instead hold the pooled pre-projector tokens [F, 196, 1152] (`pave m
 pretrained LLM then sees video tokens slightly unlike those it was trained on; the layout is told apart by the
 tokens per frame (27x27 vs 14x14 at 384 px) and recorded in the store version's fingerprint.
 
-Only public submodules and methods of the HF model are used (multi_modal_projector, apply_pooling, image_newline,
-language_model, lm_head, get_input_embeddings); the modelling file is not forked.
+Only public submodules and methods of the HF model are used (multi_modal_projector, image_newline, language_model,
+lm_head, get_input_embeddings); the modelling file is not forked. HF's apply_pooling (a bilinear resize) is computed
+as the linear map it is, one matrix product (pool_2x2): the same numbers, without the generic upsample kernel that
+cost a quarter of a 0.5B training step on an H200 (BENCHMARKS.md).
 """
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -89,6 +92,26 @@ class VideoLayout:
         return num_frames * self.side**2 + 1
 
 
+@lru_cache(maxsize=8)
+def pooling_matrix(grid: int, device: torch.device) -> torch.Tensor:
+    """HF LLaVA-OneVision's apply_pooling as a matrix [ceil(grid/2)^2, grid^2] (float32): F.interpolate(mode="bilinear",
+    align_corners=False) of a grid x grid map to ceil(grid/2)^2 is linear in the map, so its weights are its output
+    for each one-hot input (computed once, in float64)."""
+    side = math.ceil(grid / 2)
+    one_hot = torch.eye(grid * grid, dtype=torch.float64).view(grid * grid, 1, grid, grid)
+    weights = F.interpolate(one_hot, size=[side, side], mode="bilinear").view(grid * grid, side * side)
+    return weights.T.contiguous().to(device=device, dtype=torch.float32)
+
+
+def pool_2x2(features: torch.Tensor, grid: int) -> torch.Tensor:
+    """HF's apply_pooling of [N, grid^2, C] tokens -> [N, ceil(grid/2)^2, C], as one float32 matrix product (autocast
+    off; HF's interpolate runs in float32 under autocast too). Result in float32 under autocast, else in the input's
+    dtype, as apply_pooling's."""
+    with torch.autocast(features.device.type, enabled=False):
+        pooled = torch.matmul(pooling_matrix(grid, features.device), features.float())
+    return pooled if torch.is_autocast_enabled(features.device.type) else pooled.to(features.dtype)
+
+
 def expand_video_tokens(input_ids: list[int], video_token_id: int, count: int) -> list[int]:
     """Replace the single <video> placeholder of a tokenized prompt by `count` copies."""
     i = input_ids.index(video_token_id)
@@ -129,7 +152,8 @@ class PaveLlava(nn.Module):
         tokens = hf.model.multi_modal_projector(features.to(dtype))
         if self.layout.is_full(Q):  # HF's order: projector, then pooling; the patch queries are pooled alike
             # (autocast runs the bilinear interpolation in float32: back to the embeddings' dtype)
-            tokens, features = hf.model.apply_pooling(tokens).to(dtype), hf.model.apply_pooling(features)
+            grid = self.layout.grid
+            tokens, features = pool_2x2(tokens, grid).to(dtype), pool_2x2(features, grid)
         tokens = tokens.view(B, n_frames, -1, tokens.shape[-1])  # [B, F, P, D]
         queries = VideoBatch(features.view(B, n_frames, *features.shape[1:]), video.times, video.mask)
         for name, batch in side.items():

@@ -1,5 +1,6 @@
 """PAVE on the tiny LLaVA-OneVision: no-op at init, HF-identical video layout, label-only loss, varlen frames,
 composable patches, LoRA targeting, save -> load in a fresh process, greedy generation."""
+import math
 import subprocess
 import sys
 import textwrap
@@ -265,3 +266,21 @@ def test_greedy_generate_matches_a_step_by_step_argmax(tiny_dir):
             for _ in range(6):
                 seq = torch.cat([seq, model(seq, torch.ones_like(seq), *one)[:, -1:].argmax(-1)], dim=1)
         assert torch.equal(new[b], seq[0, -6:]), b
+
+
+@pytest.mark.parametrize("grid", [27, 4, 3])
+def test_pooling_matrix_is_hf_apply_pooling(grid):
+    """pool_2x2 (one matrix product) equals HF's apply_pooling (F.interpolate bilinear to ceil(grid/2)^2) at the
+    SigLIP grid (27) and at tiny even and odd grids, in float32 (to its rounding) and (within bf16 rounding) for bf16
+    input."""
+    from model.llava import pool_2x2
+
+    x = torch.randn(5, grid * grid, 16)
+    side = math.ceil(grid / 2)
+    def hf(t):
+        image = t.view(5, grid, grid, -1).permute(0, 3, 1, 2)
+        return F.interpolate(image, size=[side, side], mode="bilinear").permute(0, 2, 3, 1).reshape(5, -1, 16)
+    torch.testing.assert_close(pool_2x2(x, grid), hf(x), atol=1e-5, rtol=1e-5)  # float32 rounding of the weights
+    ours = pool_2x2(x.bfloat16(), grid)
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), hf(x.bfloat16().float()), atol=1e-2, rtol=1e-2)
