@@ -69,8 +69,9 @@ class ModelConfig:
     newline: Literal["grid", "one"] = "grid"  # video newline layout: grid = official PAVE (its checkpoints), one = HF
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    # decoder layers that recompute their activations in backward: "auto" (as few as the GPU's free memory allows
-    # for the run's longest batch; none on CPU), "none", "full", or a number of layers (spread evenly)
+    # decoder layers that recompute their activations in backward: "auto" (as few as the GPU's free memory allows,
+    # planned again for each micro-batch from its token count; none on CPU), "none", "full", or a number of layers
+    # (spread evenly)
     activation_checkpointing: str = "auto"
     compile: bool | None = None  # torch.compile each LLM decoder layer (regional); None: on with GPUs
     # LLM attention kernel: "sdpa" (one causal sequence per row: its flash kernel), "flex" (FlexAttention: packed

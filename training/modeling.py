@@ -13,9 +13,21 @@ from training.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 # Activation memory of one decoder layer per token without checkpointing, in units of (hidden + intermediate) bf16
-# elements' bytes: 16.5 fits the 7B anchor (../shared/anchors/llm_lora_levers.py, LoRA r64 + dropout on every
+# elements' bytes. Eager: 16.5 fits the 7B anchor (../shared/anchors/llm_lora_levers.py, LoRA r64 + dropout on every
 # projection: 77 GiB at 6,332 tokens, 15.5 GiB of it weights); rounded up for the patches' and embeddings' share.
-ACTIVATION_BYTES_PER_UNIT = 18
+# Compiled layers keep less (Inductor fuses the norms and SwiGLU and recomputes their cheap pointwise parts): fitted to
+# the compiled 7B steps on an H200 (BENCHMARKS.md, 2026-12-01; 17.4 GiB weights + optimizer): 6.1 units without LoRA
+# dropout (B=1 48.4 GiB; packed B=4 with 8 layers checkpointed 115.4 GiB), and LoRA dropout adds 2.7 (B=1 59.1 GiB;
+# packed B=2 / B=4 with 12 / 20 checkpointed 72.2 / 85.9 GiB): the masks of every projection's input, 1.5 bytes per
+# element kept. Rounded up: 7 + 3.
+ACTIVATION_BYTES_PER_UNIT = {"eager": 18, "compiled": 7}
+DROPOUT_BYTES_PER_UNIT = {"eager": 0, "compiled": 3}  # eager: the anchor's 18 includes its dropout
+# Compiled: memory per token of a micro-batch outside the layers that keep their activations (the inputs the
+# checkpointed layers keep, the recompute and backward transients of one layer, the video path): the packed B=2
+# and B=4 steps above keep the same token-layers (16 x 13,558 = 8 x 27,116) and peaked 13.7 GiB apart: 1.06 MB per
+# token = 47 units at 7B, rounded up to 48. The eager estimate has no such term (18 units already err on the safe
+# side: padded B=2 with 12 layers checkpointed peaked at 84 GiB).
+TRANSIENT_BYTES_PER_UNIT = {"eager": 0, "compiled": 48}
 MEMORY_HEADROOM = 0.85  # of the free memory: allocator fragmentation, logits, the collective buffers
 
 
@@ -94,10 +106,11 @@ def fsdp(module: TrainingLoss, reduce_dtype: torch.dtype = torch.float32) -> Tra
 
 
 def checkpointed_layer_count(setting: str, text_config, tokens: int, free_bytes: int | None,
-                             optimizer_bytes: int) -> int:
+                             optimizer_bytes: int, compiled: bool = False, dropout: bool = True) -> int:
     """How many LLM decoder layers recompute their activations. "auto": the fewest for which the layers that keep
     theirs fit in MEMORY_HEADROOM of `free_bytes` (after the model is on the device) less the optimizer state,
-    for a micro-batch of `tokens` tokens; none without a GPU (free_bytes None: host memory is not the limit)."""
+    for a micro-batch of `tokens` tokens (compiled layers keep less, and less without LoRA dropout: see
+    ACTIVATION_BYTES_PER_UNIT); none without a GPU (free_bytes None: host memory is not the limit)."""
     layers = text_config.num_hidden_layers
     if setting == "none":
         return 0
@@ -107,24 +120,44 @@ def checkpointed_layer_count(setting: str, text_config, tokens: int, free_bytes:
         return min(int(setting), layers)
     if free_bytes is None:
         return 0
-    per_layer = ACTIVATION_BYTES_PER_UNIT * (text_config.hidden_size + text_config.intermediate_size) * tokens
-    budget = MEMORY_HEADROOM * free_bytes - optimizer_bytes
+    kind = "compiled" if compiled else "eager"
+    unit = (text_config.hidden_size + text_config.intermediate_size) * tokens
+    per_layer = (ACTIVATION_BYTES_PER_UNIT[kind] + dropout * DROPOUT_BYTES_PER_UNIT[kind]) * unit
+    budget = MEMORY_HEADROOM * free_bytes - optimizer_bytes - TRANSIENT_BYTES_PER_UNIT[kind] * unit
     return min(layers, max(0, math.ceil(layers - budget / per_layer)))
 
 
-def apply_checkpointing(model: PaveLlava, count: int) -> list[int]:
-    """Wrap `count` decoder layers, spread evenly over the depth, in non-reentrant activation checkpointing
-    (torch.distributed's checkpoint_wrapper: it composes with DDP, FSDP and compile); returns their indices."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (CheckpointImpl,
-                                                                             apply_activation_checkpointing,
-                                                                             checkpoint_wrapper)
+def spread(count: int, layers: int) -> list[int]:
+    """`count` layer indices spread evenly over the depth."""
+    return sorted({round(i * layers / count) for i in range(count)}) if count else []
 
-    layers = list(model.hf.model.language_model.layers)
-    chosen = sorted({round(i * len(layers) / count) for i in range(count)}) if count else []
-    wrapped = {id(layers[i]) for i in chosen}
-    apply_activation_checkpointing(
-        model.hf.model.language_model, check_fn=lambda module: id(module) in wrapped,
-        checkpoint_wrapper_fn=partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT))
+
+def _recomputing_forward(layer, *args, **kwargs):
+    """A decoder layer's forward that recomputes its activations in the backward while `layer.recompute` is set
+    (non-reentrant torch.utils.checkpoint; with compiled layers the flag is a guard: one graph per value)."""
+    if layer.recompute and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(layer._plain_forward, *args, use_reentrant=False, **kwargs)
+    return layer._plain_forward(*args, **kwargs)
+
+
+def make_checkpointable(model: PaveLlava) -> None:
+    """Let every decoder layer switch activation checkpointing on and off per micro-batch (set_checkpointed). The
+    layer objects, their parameter names and state dicts stay as they are (no wrapper module): only the instance's
+    forward is replaced. Composes with DDP, FSDP (fully_shard's hooks run around it) and per-layer compile."""
+    for layer in model.hf.model.language_model.layers:
+        if not hasattr(layer, "_plain_forward"):
+            layer._plain_forward = layer.forward
+            layer.recompute = False
+            layer.forward = partial(_recomputing_forward, layer)
+
+
+def set_checkpointed(model: PaveLlava, count: int) -> list[int]:
+    """Checkpoint `count` decoder layers (spread evenly over the depth) from the next forward on; returns their
+    indices."""
+    layers = model.hf.model.language_model.layers
+    chosen = spread(count, len(layers))
+    for i, layer in enumerate(layers):
+        layer.recompute = i in chosen
     return chosen
 
 

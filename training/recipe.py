@@ -27,8 +27,8 @@ from training import checkpoint, provenance
 from training.checkpoint import TrainState
 from training.config import RunConfig, save
 from training.data import DataOrder, FeatureLoader
-from training.modeling import (TrainingLoss, apply_checkpointing, attention_kernel, build_model, build_skeleton,
-                               checkpointed_layer_count, compile_layers, fsdp, to_device)
+from training.modeling import (TrainingLoss, attention_kernel, build_model, build_skeleton, checkpointed_layer_count,
+                               compile_layers, fsdp, make_checkpointable, set_checkpointed, to_device)
 
 log = logging.getLogger(__name__)
 # Checkpoints hold the trainable weights only. With cpu_offload the full state dict is gathered on rank 0 only
@@ -68,8 +68,9 @@ class Recipe:
         if self.on_gpu:
             torch.cuda.set_device(self.device)  # fully_shard and DDP place their buffers on the current device
             self.model.to(self.device)
-        self.checkpointed = self._checkpoint_activations()
-        if cfg.model.compile if cfg.model.compile is not None else self.on_gpu:
+        self.compiled = bool(cfg.model.compile if cfg.model.compile is not None else self.on_gpu)
+        self._setup_checkpointing()
+        if self.compiled:
             compile_layers(self.model)
         module = TrainingLoss(self.model, bf16=self.on_gpu)
         reduce_dtype = getattr(torch, cfg.scale.grad_reduce)
@@ -83,27 +84,46 @@ class Recipe:
             if distributed and reduce_dtype == torch.bfloat16:  # half the bytes on the wire; summed in bf16
                 self.module.register_comm_hook(None, bf16_compress_hook)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        # fused AdamW: one kernel for all LoRA + patch tensors (hundreds of small ones) instead of foreach's several;
+        # FSDP's DTensor parameters keep the default (foreach)
+        fused = self.on_gpu and cfg.scale.strategy != "fsdp"
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                           fused=fused or None)
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, math.ceil(cfg.optim.warmup_ratio * cfg.optim.steps), cfg.optim.steps)
         self.module.train()
         return self
 
-    def _checkpoint_activations(self) -> list[int]:
-        """Wrap as few decoder layers in activation checkpointing as the run config and the GPU's free memory allow
-        for the longest micro-batch expected (this worker's first, plus 25% for longer prompts and videos)."""
-        setting = self.cfg.model.activation_checkpointing
-        auto_on_gpu = setting == "auto" and self.on_gpu
-        tokens = int(1.25 * token_count(self.loader().load(0))) if auto_on_gpu else 0
-        free = torch.cuda.mem_get_info(self.device)[0] if self.on_gpu else None
+    def _setup_checkpointing(self) -> None:
+        """Activation checkpointing per decoder layer, switched per micro-batch: a fixed setting (none, full, N) is
+        set once; "auto" on a GPU re-plans for every micro-batch from its own token count (plan_checkpointing), so
+        a short batch recomputes nothing and a long packed one only as many layers as its length needs, without
+        sizing every batch for the longest one expected."""
+        make_checkpointable(self.model)
+        self.checkpointed: list[int] = []
+        self._free = torch.cuda.mem_get_info(self.device)[0] if self.on_gpu else None
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self._optimizer_bytes = 12 * trainable  # grad + Adam's two moments, float32
+        self._planned_for: int | None = None
+        setting = self.cfg.model.activation_checkpointing
+        if setting != "auto" or not self.on_gpu:
+            self.plan_checkpointing(0)
+
+    def plan_checkpointing(self, tokens: int) -> list[int]:
+        """Checkpoint as few decoder layers as a micro-batch of `tokens` tokens needs (see checkpointed_layer_count);
+        the choice is logged when it changes. Called by `step` for every micro-batch."""
+        setting = self.cfg.model.activation_checkpointing
         text = self.model.hf.config.text_config
-        count = checkpointed_layer_count(setting, text, tokens, free, optimizer_bytes=12 * trainable)  # grad + Adam
-        chosen = apply_checkpointing(self.model, count)
-        log.info("activation checkpointing (%s): %d of %d decoder layers %s, for micro-batches up to %d tokens with "
-                 "%s GiB free", setting, count, text.num_hidden_layers, chosen, tokens,
-                 "-" if free is None else f"{free / 2**30:.1f}")
-        return chosen
+        dropout = self.cfg.model.lora.enabled and self.cfg.model.lora.dropout > 0
+        count = checkpointed_layer_count(setting, text, tokens, self._free, self._optimizer_bytes, self.compiled,
+                                         dropout)
+        if count != self._planned_for:
+            self.checkpointed = set_checkpointed(self.model, count)
+            self._planned_for = count
+            log.info("activation checkpointing (%s): %d of %d decoder layers %s, for a micro-batch of %d tokens "
+                     "with %s GiB free", setting, count, text.num_hidden_layers, self.checkpointed, tokens,
+                     "-" if self._free is None else f"{self._free / 2**30:.1f}")
+        return self.checkpointed
 
     def loader(self) -> FeatureLoader:
         return FeatureLoader(self.samples, self.versions, self.order, self.rank, self.collate,
@@ -120,12 +140,15 @@ class Recipe:
         for k, batch in enumerate(micro_batches):
             last = k == len(micro_batches) - 1
             batch = to_device(batch, self.device)
+            n = token_count(batch)
+            if self.cfg.model.activation_checkpointing == "auto" and self.on_gpu:
+                self.plan_checkpointing(self._planning_tokens(n))
             with self._gradient_sync(last):
                 loss = self.module(batch)
                 (loss / len(micro_batches)).backward()
-            loss_sum += loss.item()
+            loss_sum = loss_sum + loss.detach()  # on the device: no host sync per micro-batch
             samples += len(batch["sample_ids"])
-            tokens += token_count(batch)
+            tokens += n
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
@@ -135,8 +158,19 @@ class Recipe:
         self.state.step += 1
         self.state.micro += len(micro_batches)
         self.state.epoch, self.state.position = self.order.locate(self.state.micro)
+        loss_sum, grad_norm = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()  # the step's one sync
         return {"loss": loss_sum / len(micro_batches), "samples": samples, "tokens": tokens,
-                "grad_norm": grad_norm.item()}  # before clipping
+                "grad_norm": grad_norm}  # before clipping
+
+    def _planning_tokens(self, tokens: int) -> int:
+        """The token count to plan checkpointing for: this micro-batch's; under FSDP with several workers the longest
+        of the workers' micro-batches (one small all-reduce), so that every rank recomputes the same layers and
+        their parameter all-gathers stay in step."""
+        if self.cfg.scale.strategy != "fsdp" or not torch.distributed.is_initialized() or self.world_size == 1:
+            return tokens
+        longest = torch.tensor([tokens], device=self.device)
+        torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
+        return int(longest.item())
 
     def _gradient_sync(self, sync: bool):
         if self.cfg.scale.strategy == "fsdp":  # fully_shard has no no_sync: reduce-scatter on the last micro only
