@@ -7,7 +7,8 @@
 # wheels of jsonschema, jsonschema-specifications, referencing, rpds-py and tensorboardX.
 # `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
 # `gputest` runs the recipe's tests on the GPU (pytest, pluggy, iniconfig, pytest-timeout wheels); `packed 7b|0.5b
-# CASE...` times batches, e.g. "1" "4 --pack" (packed: FlexAttention); 0.5B is prepared in /tmp/bench05.
+# CASE...` times batches, e.g. "1" "4 --pack" (packed: FlexAttention), "8 --pack --profile 2" (+ torch.profiler's
+# top ops); 0.5B is prepared in /tmp/bench05.
 #   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp|gputest|packed 7b|0.5b CASE...
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
@@ -25,9 +26,9 @@ case "$1" in
     # length is its own question)
     preset=$2; dir=$([ "$preset" = 7b ] && echo $DIR || echo /tmp/bench05); shift 2
     [ -f $dir/base/config.json ] || python3 benchmarks/train_bench.py prepare $dir --preset $preset --videos 16 | tail -1
-    for case in "$@"; do
-      python3 benchmarks/train_bench.py step $dir --batch $case --iters 5 --warmup 3 2>&1 \
-        | grep -E '^\{|recompil|Error' | cut -c1-700
+    for case in "$@"; do  # each case within 4 minutes (a hang must not eat the device call)
+      timeout 240 python3 benchmarks/train_bench.py step $dir --batch $case --iters 5 --warmup 3 2>&1 \
+        | grep -E '^\{|recompil|Error|^profile|^  (gpu|cpu) ' | cut -c1-700 || echo "case '$case': exit $?"
     done ;;
   train|scale)  # `pave train` (Ray Train, GPU workers) with the defaults: auto checkpointing, compiled layers
     tar xJf .whl/ray.tar.xz -C /tmp/site

@@ -126,7 +126,9 @@ def step(args) -> None:
     from training.modeling import to_device
     from training.recipe import Recipe
 
-    cfg = bench_config(args.dir, max(args.batch), args.checkpointing, args.compile, args.pack)
+    cfg = bench_config(args.dir, max(args.batch), args.checkpointing, args.compile, args.pack, args.lora_dropout)
+    if args.functional_rng:  # dropout masks regenerated in the backward from a philox seed instead of kept
+        torch._functorch.config.functionalize_rng_ops = True
     samples, versions = dataset(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipe = Recipe(cfg, samples, versions, device).setup()
@@ -153,8 +155,34 @@ def step(args) -> None:
             "step_ms": round(ms, 1), "tokens_per_s": round(tokens_per_s),
             "samples_per_s": round(batch_size / (ms / 1000), 2),
             "mfu": mfu(dense * tokens_per_s), "mfu_attn": mfu(with_attn * tokens_per_s),
-            "flop_params": flop_params(recipe.model), "peak_gib": peak,
+            "flop_params": flop_params(recipe.model), "peak_gib": peak, "lora_dropout": cfg.model.lora.dropout,
         })
+        if args.profile:
+            profile(lambda: recipe.step([batch]), args.profile)
+
+
+def profile(fn, steps: int, rows: int = 18) -> None:
+    """torch.profiler over `steps` steps: GPU busy time vs wall time, then the ops with the most GPU time (self)
+    and the most CPU time (self), per step."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    gpu = lambda e: getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
+    busy = sum(gpu(e) for e in events) / 1000 / steps
+    print(f"profile: wall {1000 * wall:.1f} ms/step, GPU kernels {busy:.1f} ms/step "
+          f"({100 * busy / (1000 * wall):.0f}%; each kernel counted as its aten op too)")
+    for e in sorted(events, key=gpu, reverse=True)[:rows]:
+        print(f"  gpu {gpu(e) / 1000 / steps:8.2f} ms  x{e.count // steps:<5d} {e.key[:90]}")
+    for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]:
+        print(f"  cpu {e.self_cpu_time_total / 1000 / steps:8.2f} ms  x{e.count // steps:<5d} {e.key[:90]}")
 
 
 def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
@@ -176,10 +204,12 @@ def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
 
 
 def bench_config(directory: Path, batch_size: int, checkpointing: str, compile_layers: bool | None,
-                 pack: bool = False) -> RunConfig:
+                 pack: bool = False, lora_dropout: float | None = None) -> RunConfig:
     data = {"store": str(directory / "store"), "annotations": str(directory / "annotations.json"),
             "batch_size": batch_size, "pack": pack}
     model = {"base": str(directory / "base"), "activation_checkpointing": checkpointing, "compile": compile_layers}
+    if lora_dropout is not None:
+        model["lora"] = {"dropout": lora_dropout}
     return validate(from_dict({"data": data, "model": model, "out": str(directory / "run")}, "train_bench"))
 
 
@@ -242,6 +272,11 @@ def main(argv=None):
     st.add_argument("--pack", action="store_true", help="pack each batch into one sequence (no padding)")
     st.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile each decoder layer (default: with a GPU)")
+    st.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: the recipe's, 0.05)")
+    st.add_argument("--functional-rng", action="store_true",
+                    help="compiled layers regenerate dropout masks in the backward (functionalize_rng_ops)")
+    st.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="after timing, torch.profiler over STEPS steps: GPU busy share and the top ops")
     rep = sub.add_parser("report", help="steady-state throughput, MFU and data wait of `pave train` runs")
     rep.add_argument("runs", type=Path, nargs="+")
     rep.add_argument("--skip", type=int, default=1, help="warm-up windows left out of the means")
