@@ -119,8 +119,16 @@ class Files:
             _remove_empty_dir(self.abs(path))
 
     def size(self, path: str) -> int:
-        """Bytes of every file under `path`."""
-        return self.fs.du(self.abs(path))
+        """Bytes of the files under `path` now. Locally, files that vanish while counted (a writer's temporary
+        files, a version gc is removing) are not counted, instead of failing the count."""
+        if not self.local:
+            return self.fs.du(self.abs(path))
+        total = 0
+        for root, _, names in os.walk(self.abs(path)):
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(root, name)).st_size
+        return total
 
     def exists(self, path: str) -> bool:
         return self.fs.exists(self.abs(path))

@@ -49,7 +49,6 @@ class VersionInfo:
     schema: TokenSchema
     n_ok: int
     n_failed: int
-    n_bytes: int  # on disk (or in the object store), every part and side file of the version
 
 
 @dataclass
@@ -104,7 +103,6 @@ class FeatureStore(_Cached):
                     schema=version.schema,
                     n_ok=len(index.rows),
                     n_failed=len(index.failed),
-                    n_bytes=self.files.size(version.path),
                 )
             )
         return out

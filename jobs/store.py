@@ -54,11 +54,11 @@ def run(args) -> int:
     return 1 if damage else code
 
 
-def _describe(info) -> str:
+def _describe(info, size_bytes: int) -> str:
     s = info.schema
     extras = "".join(f" +{name}{list(shape)}:{dtype}" for name, (shape, dtype) in s.extras.items())
     return (f"{s.modality:8s} {info.fingerprint_id}  [N,{s.tokens_per_step},{s.dim}] {s.dtype}{extras}  "
-            f"ok={info.n_ok} failed={info.n_failed}  {info.n_bytes / 2**20:,.1f} MiB  "
+            f"ok={info.n_ok} failed={info.n_failed}  {size_bytes / 2**20:,.1f} MiB  "
             f"encoder={info.spec.get('encoder')}  attrs={s.attrs}")
 
 
@@ -67,7 +67,7 @@ def _ls(store, args) -> int:
     if not infos:
         print(f"{store.url}: no versions")
     for info in infos:
-        print(_describe(info))
+        print(_describe(info, store.files.size(f"{info.modality}/{info.fingerprint_id}")))
     return 0
 
 

@@ -81,6 +81,8 @@ def test_ls_inspect_gc(tmp_path):
     assert result.returncode == 0
     assert f"video    {version.fingerprint.id}  [N,4,8] float16 +view[]:int32  ok=6 failed=0" in result.stdout
     assert other.fingerprint.id in result.stdout
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "store" / version.path).rglob("*") if f.is_file())
+    assert f"ok=6 failed=0  {on_disk / 2**20:,.1f} MiB" in result.stdout  # every part and side file of it
 
     result = pave("inspect", tmp_path / "store", "v2", "--fingerprint", version.fingerprint.id[:5])
     n = fsdata.rows(version.schema, "v2")["t_start"].size
