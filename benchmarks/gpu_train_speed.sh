@@ -3,8 +3,8 @@
 # first row (plain HF + peft, activation checkpointing, LoRA dropout 0.05). Needs the wheels of zarr, numcodecs,
 # donfig, google-crc32c, pydantic (+core, annotated-types, typing-inspection), tyro, typeguard, docstring-parser and
 # the anchor script (../shared/anchors/llm_lora_levers.py) in .whl/ (carried).
-# `train` also needs .whl/ray.tar.xz (the Ray 2.60 wheel unpacked, without ray/jars and ray/dashboard/client) and the
-# wheels of jsonschema, jsonschema-specifications, referencing, rpds-py and tensorboardX.
+# `train` also needs .whl/ray.tar.xz (the Ray 2.60 cp312 wheel unpacked, without ray/jars and ray/dashboard/client,
+# tarred with xz: 30 MB) and the wheels of jsonschema, jsonschema-specifications, referencing, rpds-py, tensorboardX.
 # `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
 # `gputest` runs the recipe's tests on the GPU (pytest, pluggy, iniconfig, pytest-timeout wheels); `packed 7b|0.5b
 # CASE...` times batches, e.g. "1" "4 --pack" (packed: FlexAttention), "8 --pack --profile 2" (+ torch.profiler's
@@ -32,11 +32,14 @@ case "$1" in
     done ;;
   train|scale)  # `pave train` (Ray Train, GPU workers) with the defaults: auto checkpointing, compiled layers
     tar xJf .whl/ray.tar.xz -C /tmp/site
+    find /tmp/site/ray/core/src -type f -exec chmod +x {} +  # Ray's servers, if the tarball lost their mode bits
     workers=${2:-1}; strategy=${3:-ddp}; run=/tmp/run7b-$workers-$strategy
     rm -rf $run
+    # TensorBoard events need the tensorboard package, which the GPU image may lack (the metrics stay in metrics.jsonl)
+    tb=$(python3 -c "import tensorboard" 2>/dev/null && echo --tracking.tensorboard || echo --tracking.no-tensorboard)
     python3 -m jobs.cli train --store $DIR/store --annotations $DIR/annotations.json --base-model $DIR/base \
       --out $run --workers $workers --strategy $strategy --gpus-per-worker 1 --cpus-per-worker 4 --batch-size 1 \
-      --steps 40 --report-every 10 --checkpoint-every 1000 2>&1 \
-      | grep -E "activation checkpointing|trained|Error|error" | grep -v Warning
+      --steps 40 --report-every 10 --checkpoint-every 1000 $tb 2>&1 \
+      | grep -E "activation checkpointing|step [0-9]+/|trained|Error|error" | grep -v Warning
     python3 benchmarks/train_bench.py report $run ;;
 esac
