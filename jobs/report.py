@@ -115,7 +115,8 @@ def figures(trainings: dict, out: Path) -> str:
 
 
 def mean(history: list[dict], key: str) -> float:
-    return statistics.mean(m[key] for m in history)
+    """Over the reports that have `key` (a run resumed on another machine may have MFU or GPU memory in some)."""
+    return statistics.mean(m[key] for m in history if key in m)
 
 
 def run_summary(trainings: dict) -> str:
@@ -125,7 +126,8 @@ def run_summary(trainings: dict) -> str:
     for label, run in trainings.items():
         h = run["history"]
         mfu = f"{100 * mean(h, 'mfu'):.1f}%" if "mfu" in h[-1] else "-"
-        peak = f"{max(m['gpu_mem_peak_gib'] for m in h):.1f}" if "gpu_mem_peak_gib" in h[-1] else "-"
+        peak = f"{max(m['gpu_mem_peak_gib'] for m in h if 'gpu_mem_peak_gib' in m):.1f}" \
+            if "gpu_mem_peak_gib" in h[-1] else "-"
         rows.append([label, f"{h[-1]['step']}/{run['config']['optim']['steps']}", f"{h[0]['loss']:.4f}",
                      f"{h[-1]['loss']:.4f}", f"{mean(h, 'tokens_per_s'):,.0f}", f"{mean(h, 'samples_per_s'):.2f}",
                      f"{100 * mean(h, 'data_wait_frac'):.1f}%", mfu, peak, str(h[-1]["resumes"])])
