@@ -86,6 +86,7 @@ def fit(cfg: RunConfig) -> Path:
 
     from training.loop import train_loop_per_worker
 
+    tracking.check(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     samples = load_annotations(cfg.data.annotations)
@@ -101,7 +102,6 @@ def fit(cfg: RunConfig) -> Path:
         cfg.model.tiny_base = False
     check_video_fits(cfg.model.base, versions["video"].schema)
     check_resume(cfg, out)
-    tracking.check(cfg)
     check_resume_provenance(cfg, out, provenance.record(cfg.model.base, versions, cfg.model.newline))
     save(cfg, out)
 

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from unittest import mock
 
 from training.config import ConfigError, RunConfig, to_dict
 
@@ -29,6 +30,17 @@ def check(cfg: RunConfig) -> None:
         except ImportError:
             raise ConfigError(f"--tracking.{name}: the {name} package is not installed; pip install {INSTALL[name]} "
                               f"(or leave --tracking.{name} unset)") from None
+    uri = cfg.tracking.mlflow
+    if uri.startswith(("http://", "https://")):  # a server down would otherwise fail rank 0 mid-run
+        from mlflow import MlflowClient
+
+        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}  # not minutes of backoff
+        try:
+            with mock.patch.dict(os.environ, {k: os.environ.get(k, v) for k, v in quick.items()}):
+                MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as err:  # MLflow wraps connection errors in several types
+            raise ConfigError(f"--tracking.mlflow {uri}: the tracking server does not answer "
+                              f"({type(err).__name__}); start it or give a directory") from None
 
 
 def flat(values: dict, prefix: str = "") -> dict:

@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from training.config import RUN_CONFIG, ConfigError, load, parse, save
+from training.config import RUN_CONFIG, ConfigError, RunConfig, load, parse, save
 
 REQUIRED = ["--store", "/s", "--annotations", "/a.json", "--out", "/o", "--base-model", "/b"]
 
@@ -90,3 +90,12 @@ def test_a_store_made_by_another_vision_tower_is_refused_before_training(synthet
     with pytest.raises(ConfigError, match=r"4 video tokens per frame: neither .* full 8x8 grid .*--encoder-path video="):
         check_video_fits(str(big_grid), video)
     check_video_fits(str(save_tiny_base(tmp_path / "fits", ["low high"], video_dim=32, grid=2)), video)
+
+
+def test_an_mlflow_server_that_does_not_answer_is_refused_before_training():
+    from training.tracking import check
+
+    cfg = RunConfig()
+    cfg.tracking.mlflow = "http://127.0.0.1:9"  # the discard port: nothing listens
+    with pytest.raises(ConfigError, match=r"--tracking.mlflow http://127.0.0.1:9: the tracking server does not answer"):
+        check(cfg)
