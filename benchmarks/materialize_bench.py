@@ -11,13 +11,24 @@ input videos' frames processed per second (every path reads each video in full).
     .venv/bin/python benchmarks/materialize_bench.py --videos 24
 Prints a table and the ratios; the encoder is a random-init SigLIP (hidden 256, 4 layers, 224 px, patch 16 ->
 14x14 patches -> 7x7 pooled), saved with save_pretrained and loaded from that directory by both paths.
+
+At real scale (issue 19, on a GPU machine): `--profile 720p|1080p` makes the corpus camera-like (30 fps H.264 + AAC,
+30-120 s, a keyframe every 2-4 s; `--seconds 30,30` fixes the length), `--encoder so400m` is SigLIP-so400m-patch14-384
+(LLaVA-OneVision-7B's tower) with random weights; with a GPU both paths encode on it (the job: one GPU per encoder
+actor) and the table adds the GPU's busy share (sampled every 0.1 s). Also printed: frames decoded per video (the
+reference decodes all; the job the GOPs that hold sampled frames, counted from each video's frame index), CPU
+core-seconds per video (all processes: the machine's CPU time over the run), and the payoff: a stored video's
+tokens read back per video, against the reference's decode + encode per video.
 """
 import argparse
+import bisect
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -25,20 +36,62 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import torch  # noqa: E402
 from transformers import SiglipVisionConfig, SiglipVisionModel  # noqa: E402
 
-from pipelines.corpus import load_manifest, make_corpus  # noqa: E402
+from pipelines.corpus import PROFILES, load_manifest, make_corpus  # noqa: E402
 from pipelines.encoders import vision_encoder  # noqa: E402
+from pipelines.media import index_frames, uniform_frames  # noqa: E402
 
-ENCODER = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, image_size=224,
-               patch_size=16)
+ENCODERS = {
+    "tiny": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, image_size=224,
+                 patch_size=16),
+    # google/siglip-so400m-patch14-384, the vision tower of LLaVA-OneVision-Qwen2-7B (27x27 = 729 patches)
+    "so400m": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                   image_size=384, patch_size=14),
+}
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Usage:
+    """What a run costs the machine: CPU core-seconds of every process, and the GPU's busy share (NVML, sampled)."""
+
+    def __enter__(self):
+        self.cpu, self.busy, self.stop = sum(psutil.cpu_times()[:2]), [], threading.Event()
+        if DEVICE.type == "cuda":
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.wait(0.1):
+            self.busy.append(torch.cuda.utilization(DEVICE))
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.cpu_s = sum(psutil.cpu_times()[:2]) - self.cpu
+        self.gpu_busy = sum(self.busy) / len(self.busy) / 100 if self.busy else None
+
+
+def frames_decoded_by_the_job(path: Path, frames: int) -> int:
+    """Frames pipelines/media.py decodes to get `frames` uniform frames: in each GOP that holds a sampled frame,
+    from its keyframe up to the last sampled frame in it."""
+    with av.open(str(path)) as container:
+        index = index_frames(container, container.streams.video[0])
+    wanted = np.unique(uniform_frames(index.times, frames))
+    starts = np.searchsorted(index.pts, index.keyframes)  # frame position of each keyframe
+    last_in_gop = {}
+    for position in wanted:
+        gop = bisect.bisect_right(starts.tolist(), position) - 1
+        last_in_gop[gop] = max(last_in_gop.get(gop, 0), position)
+    return int(sum(last - starts[gop] + 1 for gop, last in last_in_gop.items()))
 
 
 def reference(corpus: Path, out: Path, encoder_dir: str, frames: int) -> int:
     """The sequential script; returns the number of frames decoded."""
     torch.set_num_threads(1)
-    encoder = vision_encoder(encoder_dir, "full")  # the job's default main-video tokens
+    encoder = vision_encoder(encoder_dir, "full").to(DEVICE)  # the job's default main-video tokens
     size, decoded = encoder.size, 0
     out.mkdir(parents=True)
     for row in load_manifest(corpus):
@@ -49,19 +102,20 @@ def reference(corpus: Path, out: Path, encoder_dir: str, frames: int) -> int:
         pixels = torch.from_numpy(np.stack([video[i][1] for i in index])).permute(0, 3, 1, 2).float()
         pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True)
         with torch.inference_mode():
-            tokens = encoder(pixels.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1))
+            tokens = encoder(pixels.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).to(DEVICE)).cpu()
         torch.save({"tokens": tokens.half(), "t": torch.tensor([video[i][0] for i in index])},
                    out / f"{row['id']}.pt")
     return decoded
 
 
-def ray_job(corpus: Path, store: Path, encoder_dir: str, frames: int, workers: int) -> tuple[float, dict]:
+def ray_job(corpus: Path, store: Path, encoder_dir: str, frames: int, workers: int, cpus: int) -> tuple[float, dict]:
+    """The job on a fresh local Ray of `cpus` logical CPUs (and the machine's GPUs: one per encoder actor)."""
     import ray
 
     from pipelines.materialize import Resources, Settings, materialize
     from pipelines.sources import read_items
 
-    ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         start = time.perf_counter()
@@ -73,44 +127,73 @@ def ray_job(corpus: Path, store: Path, encoder_dir: str, frames: int, workers: i
         ray.shutdown()
 
 
+def store_read_s(store: Path, ids: list[str]) -> float:
+    """Seconds per video to read a stored video's tokens back (what a training step reads instead)."""
+    from featurestore import FeatureStore
+
+    version = FeatureStore(str(store)).version("video")
+    start = time.perf_counter()
+    for video_id in ids:
+        version.get(video_id).tokens
+    return (time.perf_counter() - start) / len(ids)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=24, help="corpus size when --corpus is not given")
     parser.add_argument("--corpus", type=Path, help="an existing corpus directory (default: a new one in a temp dir)")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--workers", default="1,2", help="encoder worker counts to run the Ray job with (default 1,2)")
+    parser.add_argument("--cpus", type=int, help="logical CPUs of the job's Ray (default: workers + 1)")
+    parser.add_argument("--profile", default="tiny", choices=list(PROFILES),
+                        help="corpus profile (pipelines/corpus.py)")
+    parser.add_argument("--seconds", help="MIN,MAX take length, over the profile's")
+    parser.add_argument("--encoder", default="tiny", choices=list(ENCODERS), help="SigLIP size, random weights")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="materialize_bench."))
     try:
-        corpus = args.corpus or make_corpus(work / "corpus", args.videos, seed=1).parent
+        profile = PROFILES[args.profile]
+        if args.seconds:
+            profile = replace(profile, seconds=tuple(float(x) for x in args.seconds.split(",")))
+        corpus = args.corpus or make_corpus(work / "corpus", args.videos, seed=1, profile=profile).parent
         rows = load_manifest(corpus)
         encoder_dir = str(work / "encoder")
         torch.manual_seed(0)
-        SiglipVisionModel(SiglipVisionConfig(**ENCODER)).save_pretrained(encoder_dir)
+        SiglipVisionModel(SiglipVisionConfig(**ENCODERS[args.encoder])).save_pretrained(encoder_dir)
         for row in rows:  # the page cache holds the corpus for every path alike
             (corpus / row["video"]).read_bytes()
+        job_decodes = sum(frames_decoded_by_the_job(corpus / row["video"], args.frames) for row in rows)
 
-        start = time.perf_counter()
-        total_frames = reference(corpus, work / "pt", encoder_dir, args.frames)
-        results = [("reference script (1 process)", time.perf_counter() - start, 1)]
+        with Usage() as usage:
+            start = time.perf_counter()
+            total_frames = reference(corpus, work / "pt", encoder_dir, args.frames)
+            results = [("reference script (1 process)", time.perf_counter() - start, 1, total_frames, usage)]
         for workers in map(int, args.workers.split(",")):
-            seconds, counts = ray_job(corpus, work / f"store{workers}", encoder_dir, args.frames, workers)
+            with Usage() as usage:
+                seconds, counts = ray_job(corpus, work / f"store{workers}", encoder_dir, args.frames, workers,
+                                          args.cpus or workers + 1)
             assert counts == {"ok": len(rows), "failed": 0, "skipped": 0}, counts
-            results.append((f"Ray job, {workers} worker{'s' * (workers > 1)}", seconds, workers))
+            results.append((f"Ray job, {workers} worker{'s' * (workers > 1)}", seconds, workers, job_decodes, usage))
 
         n = len(rows)
-        print(f"{n} videos, {total_frames} frames ({total_frames / n:.0f}/video), {args.frames} sampled per video, "
-              f"{os.cpu_count()} cores")
-        print("| path | wall s | videos/s | frames/s | videos/s per core | frames/s per core |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, seconds, cores in results:
+        print(f"{n} videos ({args.profile}), {total_frames} frames ({total_frames / n:.0f}/video), {args.frames} "
+              f"sampled per video, encoder {args.encoder} on {DEVICE}, {os.cpu_count()} cores")
+        print("| path | wall s | videos/s | frames/s | videos/s per core | frames/s per core | frames decoded/video "
+              "| CPU core-s/video | GPU busy |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name, seconds, cores, decoded, used in results:
+            busy = "-" if used.gpu_busy is None else f"{100 * used.gpu_busy:.0f}%"
             print(f"| {name} | {seconds:.1f} | {n / seconds:.2f} | {total_frames / seconds:.0f} | "
-                  f"{n / seconds / cores:.2f} | {total_frames / seconds / cores:.0f} |")
+                  f"{n / seconds / cores:.2f} | {total_frames / seconds / cores:.0f} | {decoded / n:.0f} | "
+                  f"{used.cpu_s / n:.2f} | {busy} |")
         ref, one = results[0][1], results[1][1]
-        for name, seconds, cores in results[1:]:
+        for name, seconds, cores, _, _ in results[1:]:
             print(f"{name} / reference: per core {ref / seconds / cores:.2f}x, wall {ref / seconds:.2f}x, "
                   f"wall vs {results[1][0]} {one / seconds:.2f}x")
+        read_s = store_read_s(work / f"store{args.workers.split(',')[0]}", [row["id"] for row in rows])
+        print(f"payoff per training sample: the reference decodes + encodes {1000 * ref / n:.0f} ms per video, "
+              f"the store reads a video's tokens in {1000 * read_s:.1f} ms ({ref / n / read_s:.0f}x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
