@@ -3,7 +3,7 @@ visible with one atomic commit record. A part nobody committed (crash, exception
 removed by `gc`."""
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import zarr
@@ -11,15 +11,23 @@ import zarr
 from .features import as_numpy, nonfinite
 from .ids import ID_RULE, id_problem
 from .layout import create_part_arrays, digest, rows_per_shard, shard_slices, write_offsets, SHARD_BYTES
-from .schema import FeatureError
-
-if TYPE_CHECKING:
-    from .store import Version
+from .schema import FeatureError, TokenSchema
 
 COMMIT_FORMAT = 1
 # How often a writer refreshes its part's heartbeat, by which gc tells a live writer's part from a dead one's
 # (gc's grace period must be well above it).
 HEARTBEAT_S = 60.0
+
+
+class PartTarget(Protocol):
+    """What a PartWriter needs of the version it writes into (featurestore.store.Version), so that this module does
+    not import the store, which imports it."""
+
+    schema: TokenSchema
+
+    def new_part_group(self, part_id: str, owner: str, now: float) -> zarr.Group: ...
+
+    def publish(self, record: dict) -> None: ...
 
 
 class PartWriter:
@@ -38,7 +46,7 @@ class PartWriter:
       the declared one safely (never lossy: int64 view ids for an int32 extra are refused).
     """
 
-    def __init__(self, version: "Version", owner: str, shard_bytes: int = SHARD_BYTES):
+    def __init__(self, version: PartTarget, owner: str, shard_bytes: int = SHARD_BYTES):
         self.version = version
         self.owner = owner
         self.part_id = uuid.uuid4().hex
