@@ -80,10 +80,10 @@ def frames_decoded_by_the_job(path: Path, frames: int) -> int:
     with av.open(str(path)) as container:
         index = index_frames(container, container.streams.video[0])
     wanted = np.unique(uniform_frames(index.times, frames))
-    starts = np.searchsorted(index.pts, index.keyframes)  # frame position of each keyframe
+    starts = np.searchsorted(index.pts, index.keyframes).tolist()  # frame position of each keyframe
     last_in_gop = {}
     for position in wanted:
-        gop = bisect.bisect_right(starts.tolist(), position) - 1
+        gop = bisect.bisect_right(starts, position) - 1
         last_in_gop[gop] = max(last_in_gop.get(gop, 0), position)
     return int(sum(last - starts[gop] + 1 for gop, last in last_in_gop.items()))
 

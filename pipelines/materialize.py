@@ -328,7 +328,7 @@ class Summary:
         lines = [f"{'modality':<8} {'version':<16} {'ok':>6} {'failed':>6} {'skipped':>7} {'items/s':>8} "
                  f"{'decode s':>9} {'encode s':>9}"]
         for name, c in self.counts.items():
-            t = self.timing.get(name, {"seconds": 0.0, "decode_s": 0.0, "encode_s": 0.0})
+            t = self.timing[name]
             rate = c["ok"] / t["seconds"] if t["seconds"] else 0.0
             lines.append(f"{name:<8} {self.versions[name]:<16} {c['ok']:>6} {c['failed']:>6} {c['skipped']:>7} "
                          f"{rate:>8.2f} {t['decode_s']:>9.1f} {t['encode_s']:>9.1f}")

@@ -47,6 +47,13 @@ def _manifest_rows(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def manifest_videos(path: str | Path) -> dict[str, str]:
+    """id -> video path of a manifest's items that list a video, resolved as read_items resolves them."""
+    base = str(Path(path).parent)
+    return {str(row["id"]): _resolve(base, row["video"]) for _, row in _manifest_rows(Path(path))
+            if isinstance(row, dict) and row.get("id") is not None and row.get("video")}
+
+
 def read_items(source: str, root: str | None = None) -> ray.data.Dataset:
     path = Path(source)
     if path.suffix in (".jsonl", ".json"):

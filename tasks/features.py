@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from pipelines.sources import manifest_videos
 from tasks.common import TaskDataError
 
 IMPORT_VERSION = "1"
@@ -112,18 +113,6 @@ def load_tensor(path: Path):
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"holds a {type(tensor).__name__}, not a tensor")
     return tensor
-
-
-def manifest_videos(manifest: Path) -> dict[str, str]:
-    """id -> video path of a `pave materialize` manifest (relative paths are under the manifest's folder)."""
-    from tasks.common import read_records
-
-    rows = read_records(manifest, "a `pave materialize` manifest (JSON lines with id and video)")
-    videos = {}
-    for row in [rows] if isinstance(rows, dict) else rows:  # a one-line manifest reads as one JSON object
-        if isinstance(row, dict) and row.get("id") and row.get("video"):
-            videos[row["id"]] = str((manifest.parent / row["video"]).resolve())
-    return videos
 
 
 def listing(kind: str, directories: list[Path], manifest: Path | None) -> list[dict]:
