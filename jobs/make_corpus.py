@@ -1,5 +1,5 @@
-"""`pave make-corpus OUT --videos N [--seed S] [--webdataset] [--profile tiny|720p|1080p]`: write a synthetic corpus
-whose content is known (layout, truth files and profiles: pipelines/corpus.py)."""
+"""`pave make-corpus OUT --videos N [--seed S] [--webdataset] [--profile tiny|720p|1080p] [--workers W]`: write a
+synthetic corpus whose content is known (layout, truth files and profiles: pipelines/corpus.py)."""
 from pathlib import Path
 
 
@@ -11,6 +11,7 @@ def add_arguments(parser):
     parser.add_argument("--profile", default="tiny", choices=["tiny", "720p", "1080p"],
                         help="tiny: small takes of every kind with exo and RGB-D (default); 720p / 1080p: 30 fps "
                              "H.264 + AAC, 30-120 s, a keyframe every 2-4 s, textured, main videos only")
+    parser.add_argument("--workers", type=int, default=1, help="processes writing takes at once (default 1)")
 
 
 def run(args) -> int:
@@ -24,7 +25,7 @@ def run(args) -> int:
     started = time.perf_counter()
     try:
         manifest = make_corpus(args.out, args.videos, seed=args.seed, webdataset=args.webdataset,
-                               profile=PROFILES[args.profile])
+                               profile=PROFILES[args.profile], workers=args.workers)
     except (FileExistsError, ValueError) as err:
         raise SystemExit(f"pave make-corpus: {err}") from err
     rows = load_manifest(args.out)

@@ -48,8 +48,10 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import av
@@ -97,8 +99,9 @@ TEXTURE_CELL = 6  # pixels per texture cell: detail an encoder has to spend bits
 
 
 def make_corpus(out_dir: str | Path, n_videos: int, seed: int = 0, webdataset: bool = False,
-                profile: Profile = PROFILES["tiny"]) -> Path:
-    """Write a corpus of `n_videos` takes into `out_dir` (new or empty) and return the manifest path.
+                profile: Profile = PROFILES["tiny"], workers: int = 1) -> Path:
+    """Write a corpus of `n_videos` takes into `out_dir` (new or empty) and return the manifest path; `workers`
+    processes write takes at once (each take comes from its own plan, so the corpus is the same).
 
     The corpus is built in a sibling temporary directory and renamed into place, so `out_dir` never holds half a
     corpus."""
@@ -112,8 +115,12 @@ def make_corpus(out_dir: str | Path, n_videos: int, seed: int = 0, webdataset: b
     try:
         work.chmod(0o755)
         takes = _plan_corpus(n_videos, seed, profile)
-        for take in takes:
-            _write_take(work, take)
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                list(pool.map(partial(_write_take, work), takes))
+        else:
+            for take in takes:
+                _write_take(work, take)
         rows = [_manifest_row(take) for take in takes]
         _write_jsonl(work / "manifest.jsonl", rows)
         (work / "annotations").mkdir()

@@ -101,6 +101,11 @@ def test_a_realistic_profile_has_fixed_keyframe_spacing_30_fps_aac_and_a_moving_
     small = replace(PROFILES["720p"], sizes=((96, 64),), seconds=(3, 4), gop_s=(0.5, 1))
     assert PROFILES["1080p"].sizes == ((1920, 1080),) and PROFILES["720p"].gop_s == (2, 4)
     root = make_corpus(tmp_path / "real", 3, seed=2, profile=small).parent
+    # takes written by 2 processes at once: the same files, the same truth (x264's bits may differ run to run)
+    parallel = make_corpus(tmp_path / "parallel", 3, seed=2, profile=small, workers=2).parent
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*") if p.is_file())
+    assert all((root / f).read_bytes() == (parallel / f).read_bytes() for f in files if f.suffix != ".mp4")
     for row in load_manifest(root):
         truth = load_truth(root, row["id"])["video"]
         assert row["exo"] == [] and row["rgbd"] == "" and not (root / "rgbd").exists()
