@@ -7,7 +7,8 @@ does not come from the input (our code, an encoder) stops the job with its trace
 
 
 def add_arguments(parser):
-    from pipelines.materialize import Resources, Settings
+    from pipelines.materialize import DECODERS, ENCODER_DTYPES, Resources, Settings
+    from pipelines.media import RESIZES
 
     # The defaults are the pipeline's own (one place): Settings say what the tokens are, Resources how the job runs.
     settings, resources = Settings(), Resources()
@@ -34,6 +35,17 @@ def add_arguments(parser):
                              f"the pretrained model) (default {settings.video_tokens})")
     parser.add_argument("--dtype", default=settings.dtype, choices=["float16", "bfloat16", "float32"],
                         help=f"stored token dtype (default {settings.dtype})")
+    parser.add_argument("--encoder-dtype", default=settings.encoder_dtype, choices=ENCODER_DTYPES,
+                        help=f"what the encoders compute in; bfloat16 on GPUs, as a bf16 LLaVA-OneVision runs its "
+                             f"tower (default {settings.encoder_dtype})")
+    parser.add_argument("--resize", default=settings.resize, choices=RESIZES,
+                        help=f"how frames become the vision encoder's input: swscale (CPU, in the decode) or torch "
+                             f"(bicubic with antialiasing, on the device that holds the frames: needed to decode on "
+                             f"GPUs) (default {settings.resize})")
+    parser.add_argument("--decoder", default=resources.decoder, choices=DECODERS,
+                        help=f"who decodes the main video: nvdec = the GPU encoder actors (PyNvVideoCodec, --resize "
+                             f"torch-bicubic), pyav = CPU tasks, auto = nvdec when it can run "
+                             f"(default {resources.decoder})")
     parser.add_argument("--vision-layer", type=int,
                         help="hidden layer of the vision tower (default: the LLaVA config's, else -1)")
     parser.add_argument("--batch-size", type=int, default=resources.batch_size,
@@ -42,7 +54,8 @@ def add_arguments(parser):
                         help=f"frames/windows/views per encoder forward pass (default {resources.rows_per_forward})")
     parser.add_argument("--concurrency", default=str(resources.concurrency), metavar="N|MIN,MAX",
                         help=f"encoder actors: a number or an autoscaling range (default {resources.concurrency})")
-    parser.add_argument("--num-gpus", type=float, help="GPUs per encoder actor (default: 1 if the cluster has GPUs)")
+    parser.add_argument("--num-gpus", type=float, help="GPUs per encoder actor (default: 1 if the cluster has GPUs); "
+                        "a fraction runs several actors per GPU, each with its own decoder session and encoder copy")
     parser.add_argument("--part-items", type=int, default=resources.part_items,
                         help=f"items per written part (default {resources.part_items})")
     parser.add_argument("--owner", help="job name in item claims; reuse it to resume a crashed job at once")
@@ -66,7 +79,7 @@ def run(args) -> int:
     import json
 
     from jobs.ray_runtime import init_ray, output_path
-    from pipelines.materialize import MODALITIES, Resources, Settings, materialize
+    from pipelines.materialize import MODALITIES, Resources, Settings, actor_gpus, decode_on_gpus, materialize
     from pipelines.sources import read_items
 
     store = output_path(args.store, "--store", urls=True)
@@ -76,12 +89,18 @@ def run(args) -> int:
         raise SystemExit(f"pave materialize: unknown modalities {sorted(unknown)}; known: {','.join(MODALITIES)}")
     concurrency = tuple(int(n) for n in args.concurrency.split(","))
     settings = Settings(frames=args.frames, video_tokens=args.video_tokens, hfr_fps=args.hfr_fps,
-                        grid_3d=args.grid_3d, dtype=args.dtype, vision_layer=args.vision_layer)
+                        grid_3d=args.grid_3d, dtype=args.dtype, vision_layer=args.vision_layer,
+                        encoder_dtype=args.encoder_dtype, resize=args.resize)
     resources = Resources(batch_size=args.batch_size, rows_per_forward=args.rows_per_forward,
                           concurrency=concurrency[0] if len(concurrency) == 1 else concurrency,
-                          num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s)
+                          num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s,
+                          decoder=args.decoder)
     ray = init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = True
+    try:
+        decode_on_gpus(settings, resources, actor_gpus(resources))
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     summary = materialize(read_items(args.input, args.root), store, args.modalities,
                           encoder_paths, settings, resources, owner=args.owner)
     print(summary.table())

@@ -9,6 +9,7 @@ of its state dict, so the same weights give the same fingerprint wherever they w
 mean world xyz, concatenated with its mean rgb and depth coverage, through a 2-layer MLP initialised from a seed
 and never trained (`PointTokens`). It carries geometry and colour into a token a PAVE patch can learn to read;
 swap in a trained point encoder by giving it the same interface."""
+import ctypes
 import hashlib
 import json
 import math
@@ -22,6 +23,9 @@ import torch
 from torch import nn
 from transformers import (ASTConfig, ASTModel, AutoModel, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig,
                           SiglipVisionModel)
+
+from .media import ItemError
+from .nvdec import GpuFrames
 
 # Tiny default configs: a few ms per batch on one CPU core, shapes exercised like the real ones.
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64,
@@ -80,13 +84,17 @@ class VisionTokens(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def compute_in(self, dtype: torch.dtype) -> None:
+        """Run the tower in `dtype` (bfloat16: as a bf16 LLaVA-OneVision runs it); inputs are normalised in float32."""
+        self.tower.to(dtype)
+
     def params(self) -> dict:
-        return {"size": self.size, "resize": "swscale-bicubic", "mean": self.mean.flatten().tolist(),
+        return {"size": self.size, "mean": self.mean.flatten().tolist(),
                 "std": self.std.flatten().tolist(), "layer": self.layer, "select": self.select, "pool": self.pool,
                 "grid": [self.out_grid, self.out_grid]}
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        pixels = (frames.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
+        pixels = ((frames.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std).to(self.tower.dtype)
         hidden = self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states[self.layer]
         if self.select == "default":  # LLaVA's "default" drops the first (CLS) token
             hidden = hidden[:, 1:]
@@ -111,11 +119,14 @@ class AudioTokens(nn.Module):
         self.tokens_per_step, self.dim = 1, model.config.hidden_size
         self.inputs = InputSpec((model.config.max_length, model.config.num_mel_bins), "float32")
 
+    def compute_in(self, dtype: torch.dtype) -> None:
+        self.model.to(dtype)
+
     def params(self) -> dict:
         return {}
 
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
-        return self.model(input_values=fbank).pooler_output[:, None]
+        return self.model(input_values=fbank.to(self.model.dtype)).pooler_output[:, None]
 
 
 class PointTokens(nn.Module):
@@ -131,6 +142,9 @@ class PointTokens(nn.Module):
         self.mlp = seeded(lambda: nn.Sequential(nn.Linear(6 * num_freqs + 4, dim), nn.GELU(), nn.Linear(dim, dim)),
                           seed)
 
+    def compute_in(self, dtype: torch.dtype) -> None:
+        self.mlp.to(dtype)  # the Fourier features stay float32
+
     def params(self) -> dict:
         return {"num_freqs": self.num_freqs}
 
@@ -138,7 +152,7 @@ class PointTokens(nn.Module):
         xyz, rest = patches[..., :3], patches[..., 3:]
         angles = (xyz[..., None] * self.freqs).flatten(-2)
         fourier = torch.cat([angles.sin(), angles.cos()], -1) * (rest[..., 3:] > 0)
-        return self.mlp(torch.cat([fourier, rest], -1))
+        return self.mlp(torch.cat([fourier, rest], -1).to(self.mlp[0].weight.dtype))
 
 
 def _config(path: str) -> dict:
@@ -197,40 +211,67 @@ def point_encoder(path: str | None, grid: int, seed: int = 0) -> PointTokens:
     return PointTokens(grid, seed=seed)
 
 
+def sleep_while_waiting_for_the_gpu(index: int = 0) -> None:
+    """Make this process's waits for GPU work sleep instead of spin (CU_CTX_SCHED_BLOCKING_SYNC on the device's
+    primary context, before torch creates it): encoder actors that share a GPU wait most of the time, and a spinning
+    wait burns a CPU core that decoding needs. A driver that refuses leaves CUDA's default."""
+    cuda = ctypes.CDLL("libcuda.so.1")
+    device = ctypes.c_int()
+    if cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(device), index) == 0:
+        cuda.cuDevicePrimaryCtxSetFlags_v2(device, 4)  # 4: CU_CTX_SCHED_BLOCKING_SYNC
+
+
 class Encode:
     """Ray Data callable class: each actor builds its encoder with `build()` (from_pretrained, or the seeded tiny
-    model), checks that its weights are the ones the fingerprint names, and runs it on its GPU when Ray gave it
-    one. Rows whose status is "todo" carry `inputs` [n_i, ...]; the steps of all of them are encoded together, in
-    forward passes of at most `rows_per_forward` steps, and split back per row as `tokens` [n_i, tokens_per_step,
-    dim] in the store's dtype (bfloat16 as its uint16 bit patterns: numpy has no bfloat16). Other rows get empty
-    tokens."""
+    model), checks that its weights are the ones the fingerprint names, and runs it in `compute_dtype` on its GPU
+    when Ray gave it one. Rows whose status is "todo" carry `inputs` [n_i, ...] or a decode `plan`; the steps of
+    all of them are encoded together, in forward passes of at most `rows_per_forward` steps, and split back per row
+    as `tokens` [n_i, tokens_per_step, dim] in the store's dtype (bfloat16 as its uint16 bit patterns: numpy has no
+    bfloat16). Other rows get empty tokens."""
 
-    def __init__(self, build, digest: str, dtype: str, rows_per_forward: int):
+    def __init__(self, build, digest: str, dtype: str, rows_per_forward: int, compute_dtype: str = "float32"):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            sleep_while_waiting_for_the_gpu()
         encoder = build()
         if weights_digest(encoder) != digest:  # e.g. another node holds other files under the same path
             raise RuntimeError(f"{encoder.name}: the weights on this worker are not the ones fingerprinted")
+        encoder.compute_in(getattr(torch, compute_dtype))
         self.encoder = encoder.to(self.device).eval()
         self.dtype, self.rows_per_forward = getattr(torch, dtype), rows_per_forward
         stored = "uint16" if dtype == "bfloat16" else dtype
         self.empty = np.zeros((0, encoder.tokens_per_step, encoder.dim), stored)
+        self.gpu_frames = GpuFrames(self.device)
 
     def __call__(self, batch: dict) -> dict:
-        inputs = batch.pop("inputs")
-        todo = [i for i, status in enumerate(batch["status"]) if status == "todo"]
+        """Rows with a decode `plan` (JSON; pipelines/nvdec.py) get their inputs decoded here; one that cannot be
+        decoded fails with the reason."""
+        inputs, plans = batch.pop("inputs"), batch.pop("plan")
+        status, reason, decode_s = list(batch["status"]), list(batch["reason"]), list(batch["decode_s"])
+        steps = {}
+        for i in (i for i, s in enumerate(status) if s == "todo"):
+            if not plans[i]:
+                steps[i] = torch.from_numpy(inputs[i])
+                continue
+            started, plan = time.perf_counter(), json.loads(plans[i])
+            try:
+                steps[i] = self.gpu_frames(plan)
+            except ItemError as e:
+                status[i], reason[i] = "failed", f"{plan['item']}: {e}"
+            decode_s[i] += time.perf_counter() - started
         started = time.perf_counter()
-        tokens = self.encode(np.concatenate([inputs[i] for i in todo])) if todo else self.empty
+        tokens = self.encode(list(steps.values())) if steps else self.empty
         per_step_s = (time.perf_counter() - started) / max(len(tokens), 1)  # each row's share of the forwards
-        pieces = iter(np.split(tokens, np.cumsum([len(inputs[i]) for i in todo])[:-1]))
-        batch["tokens"] = [next(pieces) if status == "todo" else self.empty for status in batch["status"]]
+        pieces = dict(zip(steps, np.split(tokens, np.cumsum([len(s) for s in steps.values()])[:-1])))
+        batch["tokens"] = [pieces.get(i, self.empty) for i in range(len(status))]
         batch["encode_s"] = np.array([per_step_s * len(t) for t in batch["tokens"]])
+        batch["status"], batch["reason"], batch["decode_s"] = np.array(status), np.array(reason), np.array(decode_s)
         return batch
 
     @torch.inference_mode()
-    def encode(self, steps: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(steps), self.rows_per_forward):
-            chunk = torch.from_numpy(steps[start : start + self.rows_per_forward]).to(self.device)
-            out.append(self.encoder(chunk).to(self.dtype).cpu())
+    def encode(self, steps: list[torch.Tensor]) -> np.ndarray:
+        steps = torch.cat([s.to(self.device) for s in steps])
+        out = [self.encoder(steps[start : start + self.rows_per_forward]).to(self.dtype).cpu()
+               for start in range(0, len(steps), self.rows_per_forward)]
         tokens = torch.cat(out)
         return (tokens.view(torch.uint16) if self.dtype == torch.bfloat16 else tokens).numpy()

@@ -6,8 +6,10 @@ For each modality, one Ray Data job over the item dataset (see sources.read_item
 
 - prepare: claims its items in the store (so concurrent jobs split the work instead of writing items twice),
   decodes with true timestamps and builds the encoder's inputs; an input it cannot use becomes a "failed" row
-  with the reason, never a substitute sample;
-- Encode: one encoder per actor, several items per forward pass (pipelines/encoders.py);
+  with the reason, never a substitute sample. With GPU decoding (Resources.decoder), prepare reads only the main
+  video's packets (its frames' true times) and hands the encoder actor a decode plan (pipelines/nvdec.py);
+- Encode: one encoder per actor, several items per forward pass (pipelines/encoders.py); it decodes planned items
+  on its GPU first;
 - write: each task writes its batch as one part (PartWriter: a writer owns whole parts), failures included, and
   returns one status row per item: ok | failed | skipped, with the reason.
 
@@ -39,7 +41,8 @@ from featurestore import FeatureError, FeatureStore, TokenSchema, Version, finge
 from .audio import AudioWindows
 from .encoders import Encode, InputSpec, audio_encoder, point_encoder, vision_encoder, weights_digest
 from .geometry import view_patches
-from .media import ItemError, rate_frames, read_audio, read_frames, uniform_frames
+from .media import RESIZES, ItemError, gpu_decode_plan, rate_frames, read_audio, read_frames, uniform_frames
+from .nvdec import installed as nvdec_installed
 
 # Bump when a change in pipelines/ changes the tokens of an unchanged encoder and settings (2: frames are turned
 # upright by the display matrix).
@@ -49,6 +52,8 @@ TRANSFORM_VERSION = "2"
 INPUT_ERRORS = (ItemError, av.error.FFmpegError, OSError, EOFError, zipfile.BadZipFile)
 ALREADY_COMMITTED = "already committed"
 CLAIMED = "claimed by another writer, or committed meanwhile"
+DECODERS = ("auto", "nvdec", "pyav")
+ENCODER_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class Settings:
     hfr_fps: float = 2.0
     grid_3d: int = 8  # 3d patches per side
     dtype: str = "float16"  # stored token dtype: float16 | bfloat16 | float32
+    encoder_dtype: str = "float32"  # what the encoders compute in: float32 | bfloat16
+    resize: str = RESIZES[0]  # frames to the vision encoder's input (media.RESIZES); "torch-bicubic" decodes on GPUs
     vision_layer: int | None = None  # None: the LLaVA config's vision_feature_layer, else -1
     seed: int = 0  # of the untrained encoders built when no directory is given
     audio: AudioWindows = AudioWindows()
@@ -78,6 +85,9 @@ class Resources:
     prepare_concurrency: int | None = None  # None: as many tasks as Ray can schedule
     part_items: int = 64  # items per written part
     lease_s: float = 1800.0  # how long a claim keeps other jobs off an item; > the time an item spends in flight
+    # main video frames: "nvdec" = decoded by the encoder actors' GPUs (pipelines/nvdec.py; needs resize
+    # "torch-bicubic"), "pyav" = by the CPU prepare tasks, "auto" = nvdec when it can run
+    decoder: str = "auto"
 
 
 @dataclass
@@ -86,6 +96,7 @@ class Prepared:
     t_start: np.ndarray  # [N] seconds
     t_end: np.ndarray
     extras: dict = field(default_factory=dict)  # name -> [N, ...]
+    plan: dict | None = None  # frames for the encoder actor to decode (pipelines/nvdec.py); inputs are then empty
 
 
 def _video_source(item: dict) -> str:
@@ -100,14 +111,21 @@ def _video(item: dict):
     return item["video_bytes"]
 
 
-def prepare_video(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
-    """A video file, or a frame folder read as a clip at one frame per second (pipelines/media.py)."""
-    frames, t = read_frames(_video(item), partial(uniform_frames, n=settings.frames), inputs.size, folders=True)
+def prepare_video(item: dict, settings: Settings, inputs: InputSpec, gpu_decode: bool = False) -> Prepared:
+    """A video file, or a frame folder read as a clip at one frame per second (pipelines/media.py). With
+    `gpu_decode`, a file the GPU can decode is only planned here (its frames' times, from its packets)."""
+    pick = partial(uniform_frames, n=settings.frames)
+    if gpu_decode:
+        plan, t = gpu_decode_plan(_video(item), pick, inputs.size)
+        if plan:
+            return Prepared(inputs.empty(), t, t, plan=plan)
+    frames, t = read_frames(_video(item), pick, inputs.size, folders=True, resize=settings.resize)
     return Prepared(frames, t, t)
 
 
 def prepare_hfr(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
-    frames, t = read_frames(_video(item), partial(rate_frames, fps=settings.hfr_fps), inputs.size)
+    frames, t = read_frames(_video(item), partial(rate_frames, fps=settings.hfr_fps), inputs.size,
+                            resize=settings.resize)
     return Prepared(frames, t, t)
 
 
@@ -120,7 +138,8 @@ def prepare_exo(item: dict, settings: Settings, inputs: InputSpec) -> Prepared:
     frames, times, views = [], [], []
     for view in json.loads(item["exo"]):
         try:
-            f, t = read_frames(view["path"], partial(uniform_frames, n=settings.frames), inputs.size)
+            f, t = read_frames(view["path"], partial(uniform_frames, n=settings.frames), inputs.size,
+                               resize=settings.resize)
         except INPUT_ERRORS as e:
             raise ItemError(f"exo view {view['view']} ({view['path']}): {e}") from e
         frames.append(f)
@@ -167,9 +186,10 @@ class Modality:
     extras: Callable = lambda settings: {}  # Settings -> {name: (trailing shape, numpy dtype)}
     missing: Callable = lambda item: ""  # why the item has no input for this modality ("" when it has one)
     source: Callable = _video_source  # what prepare reads, named in failure reasons
+    gpu_decodable: bool = False  # prepare takes gpu_decode (see prepare_video)
 
     def schema_and_fingerprint(self, settings: Settings, encoder):
-        params = {**self.params(settings), **encoder.params()}
+        params = {**self.params(settings), **encoder.params(), "compute_dtype": settings.encoder_dtype}
         attrs = {"time_kind": self.time_kind, "encoder": encoder.name, **params}
         schema = TokenSchema(self.name, encoder.tokens_per_step, encoder.dim, settings.dtype,
                              self.extras(settings), attrs)
@@ -190,11 +210,13 @@ def _main_video(path, settings: Settings):
 
 
 MODALITIES = {
-    "video": Modality("video", _main_video, prepare_video, lambda s: {"frames": s.frames}, "frame"),
+    "video": Modality("video", _main_video, prepare_video, lambda s: {"frames": s.frames, "resize": s.resize}, "frame",
+                      gpu_decodable=True),
     "audio": Modality("audio", lambda path, s: audio_encoder(path, s.audio, s.seed), prepare_audio,
                       lambda s: s.audio.params(), "span"),
-    "hfr": Modality("hfr", _vision("2x2"), prepare_hfr, lambda s: {"fps": s.hfr_fps}, "frame"),
-    "exo": Modality("exo", _vision("half"), prepare_exo, lambda s: {"frames_per_view": s.frames}, "frame",
+    "hfr": Modality("hfr", _vision("2x2"), prepare_hfr, lambda s: {"fps": s.hfr_fps, "resize": s.resize}, "frame"),
+    "exo": Modality("exo", _vision("half"), prepare_exo,
+                    lambda s: {"frames_per_view": s.frames, "resize": s.resize}, "frame",
                     extras=lambda s: {"view": ((), "int32")},
                     missing=lambda item: "" if json.loads(item["exo"]) else "no exo views listed",
                     source=lambda item: "exo views"),
@@ -212,8 +234,10 @@ def _rows(batch: dict) -> list[dict]:
 
 
 def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: InputSpec, version: Version,
-                  owner: str, lease_s: float, done: frozenset) -> dict:
-    """Ray Data task: status rows for a batch of items, with the encoder inputs of those this job now owns."""
+                  owner: str, lease_s: float, done: frozenset, gpu_decode: bool = False) -> dict:
+    """Ray Data task: status rows for a batch of items, with the encoder inputs (or decode plans) of those this job
+    now owns."""
+    options = {"gpu_decode": True} if gpu_decode and modality.gpu_decodable else {}
     items = _rows(batch)
     skip = [ALREADY_COMMITTED if item["id"] in done else modality.missing(item) for item in items]
     wanted = [item["id"] for item, reason in zip(items, skip) if not item["problem"] and not reason]
@@ -230,13 +254,16 @@ def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: I
             reason = CLAIMED
         elif not reason:
             try:
-                prepared, status = modality.prepare(item, settings, inputs), "todo"
+                prepared, status = modality.prepare(item, settings, inputs, **options), "todo"
             except INPUT_ERRORS as e:
                 status, reason = "failed", f"{modality.name} of {video_id!r} ({modality.source(item)}): {e}"
+        if prepared.plan:  # named as prepare names a failing item, for a failure in the actor
+            prepared.plan["item"] = f"{modality.name} of {video_id!r} ({modality.source(item)})"
         rows.append({"id": video_id, "status": status, "reason": reason, "inputs": prepared.inputs,
+                     "plan": json.dumps(prepared.plan) if prepared.plan else "",
                      "t_start": prepared.t_start, "t_end": prepared.t_end, "decode_s": time.perf_counter() - started,
                      **{f"x_{name}": prepared.extras[name] for name in empty_extras}})
-    columns = ["id", "status", "reason", "inputs", "t_start", "t_end", "decode_s",
+    columns = ["id", "status", "reason", "inputs", "plan", "t_start", "t_end", "decode_s",
                *(f"x_{name}" for name in empty_extras)]
     return {key: [row[key] for row in rows] for key in columns}
 
@@ -268,14 +295,15 @@ def write_part(batch: dict, version: Version, owner: str) -> dict:
 
 
 def materialize_modality(items: ray.data.Dataset, modality: Modality, encoder_path: str | None, store: FeatureStore,
-                         settings: Settings, resources: Resources, owner: str,
-                         num_gpus: float) -> tuple[Version, ray.data.Dataset]:
+                         settings: Settings, resources: Resources, owner: str, num_gpus: float,
+                         gpu_decode: bool = False) -> tuple[Version, ray.data.Dataset]:
     """The version one modality's job over `items` writes, and the job's status rows (lazy: nothing runs until
     they are consumed).
 
     The encoder is built here once for its fingerprint and shapes, and again in each actor: models are shipped as
     recipes (path or seed), not pickled. On a CPU-only cluster Ray fuses prepare into the encoder actors (same
-    resources: each actor decodes, then encodes); with GPUs, CPU tasks decode while GPU actors encode."""
+    resources: each actor decodes, then encodes); with GPUs, CPU tasks decode while GPU actors encode, or, with
+    `gpu_decode`, CPU tasks plan and GPU actors decode (NVDEC) and encode."""
     build = partial(modality.encoder, encoder_path, settings)
     encoder = build()
     version = store.create_version(*modality.schema_and_fingerprint(settings, encoder))
@@ -285,16 +313,42 @@ def materialize_modality(items: ray.data.Dataset, modality: Modality, encoder_pa
             prepare_batch, batch_size=resources.prepare_batch,
             compute=ray.data.TaskPoolStrategy(size=resources.prepare_concurrency),
             fn_kwargs=dict(modality=modality, settings=settings, inputs=encoder.inputs, version=version,
-                           owner=owner, lease_s=resources.lease_s, done=done),
+                           owner=owner, lease_s=resources.lease_s, done=done, gpu_decode=gpu_decode),
         )
         .map_batches(
             Encode, batch_size=resources.batch_size, compute=_actor_pool(resources.concurrency), num_gpus=num_gpus,
             num_cpus=resources.encoder_cpus,
             fn_constructor_kwargs=dict(build=build, digest=version.fingerprint.spec["weights_digest"],
-                                       dtype=settings.dtype, rows_per_forward=resources.rows_per_forward),
+                                       dtype=settings.dtype, rows_per_forward=resources.rows_per_forward,
+                                       compute_dtype=settings.encoder_dtype),
         )
         .map_batches(write_part, batch_size=resources.part_items, fn_kwargs=dict(version=version, owner=owner))
     )
+
+
+def actor_gpus(resources: Resources) -> float:
+    """GPUs per encoder actor: Resources.num_gpus, by default 1 when the cluster has GPUs, else 0."""
+    if resources.num_gpus is not None:
+        return resources.num_gpus
+    return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
+def decode_on_gpus(settings: Settings, resources: Resources, num_gpus: float) -> bool:
+    """Whether the encoder actors decode the main video (Resources.decoder); a choice that cannot hold is an error."""
+    if resources.decoder == "nvdec":
+        if settings.resize != "torch-bicubic":
+            raise ValueError("decoder 'nvdec' needs resize 'torch-bicubic' (swscale resizes on the CPU, after PyAV)")
+        if not num_gpus:
+            raise ValueError("decoder 'nvdec' needs GPU encoder actors, and this cluster has no GPUs (use 'pyav')")
+        return True
+    return resources.decoder == "auto" and settings.resize == "torch-bicubic" and bool(num_gpus) and nvdec_installed()
+
+
+def check_choices(settings: Settings, resources: Resources) -> None:
+    for name, value, known in (("resize", settings.resize, RESIZES), ("decoder", resources.decoder, DECODERS),
+                               ("encoder_dtype", settings.encoder_dtype, ENCODER_DTYPES)):
+        if value not in known:
+            raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
 
 
 def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
@@ -372,16 +426,16 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; known: {list(MODALITIES)}")
+    check_choices(settings, resources)
     encoder_paths = encoder_paths or {}
     store, owner = FeatureStore(store_url), owner or f"materialize-{uuid.uuid4().hex[:12]}"
-    num_gpus = resources.num_gpus
-    if num_gpus is None:
-        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    num_gpus = actor_gpus(resources)
+    gpu_decode = decode_on_gpus(settings, resources, num_gpus)
     counts, failures, versions, held, timing = {}, {}, {}, {}, {}
     for name in modalities:
         started = time.perf_counter()
         version, rows = materialize_modality(items, MODALITIES[name], encoder_paths.get(name), store, settings,
-                                             resources, owner, num_gpus)
+                                             resources, owner, num_gpus, gpu_decode)
         versions[name] = version.fingerprint.id
         counts[name] = {"ok": 0, "failed": 0, "skipped": 0}
         failures[name], held[name] = {}, 0

@@ -7,7 +7,9 @@ with a seek to the next wanted frame's keyframe, a GOP that holds one is decoded
 last wanted frame in it. Sparse sampling (32 frames of a long video) decodes a few GOPs; dense sampling (2 fps)
 degenerates into one forward decode with no seeks, which is the cheapest way to get frames from most GOPs.
 
-Frames come out as players show them, turned by the stream's display matrix. Media that would read as something
+Frames are resized to the encoder's size by swscale ("swscale-bicubic", in the decode) or by pipelines/frames.py
+("torch-bicubic", the transform GPU-decoded frames get too); gpu_decode_plan reads a file's packets and plans a GPU
+decode instead (pipelines/nvdec.py). Frames come out as players show them, turned by the stream's display matrix. Media that would read as something
 else is refused with the reason (ItemError): a cut MP4 (its header lists more samples than the file holds), a
 single frame (an image, whatever its extension), a mirroring display matrix.
 
@@ -26,7 +28,16 @@ from fractions import Fraction
 
 import av
 import numpy as np
+import torch
 from av.sidedata.sidedata import Type
+
+from .frames import COLORSPACES, Colour, nv12_to_input, rgb_to_input
+
+# How sampled frames become the encoder's size x size RGB input (a fingerprinted setting): "swscale-bicubic" is
+# PyAV's swscale (convert and resize in one pass, on the CPU); "torch-bicubic" is pipelines/frames.py (the same
+# pixels from PyAV on the CPU and from NVDEC on the GPU).
+RESIZES = ("swscale-bicubic", "torch-bicubic")
+NVDEC_CODECS = ("h264", "hevc", "av1", "vp9")
 
 
 class ItemError(Exception):
@@ -103,15 +114,14 @@ def rate_frames(times: np.ndarray, fps: float) -> np.ndarray:
     return np.unique(on_screen(times, targets))
 
 
-def decode_frames(container, stream, index: FrameIndex, wanted: np.ndarray, size: int | None) -> np.ndarray:
-    """RGB frames [len(wanted), H, W, 3] uint8 for the frame indices `wanted` (repeats allowed), resized by
-    swscale to size x size (bicubic) when `size` is given. Decodes only the GOPs that hold wanted frames."""
+def decode_frames(container, stream, index: FrameIndex, wanted: np.ndarray, size: int | None,
+                  resize: str = RESIZES[0]) -> np.ndarray:
+    """RGB frames [len(wanted), H, W, 3] uint8 for the frame indices `wanted` (repeats allowed), resized to
+    size x size by `resize` when `size` is given. Decodes only the GOPs that hold wanted frames."""
     targets = [int(p) for p in np.unique(index.pts[wanted])]
     keyframes = index.keyframes.tolist()
     if not keyframes or keyframes[0] > targets[0]:
         raise ItemError("the first wanted frame has no keyframe before it")
-    stream.thread_type = "AUTO"
-    resize = {"width": size, "height": size, "interpolation": "BICUBIC"} if size else {}
     got, frames, decoded_gop = {}, None, -2
     for target in targets:
         gop = bisect.bisect_right(keyframes, target) - 1
@@ -130,17 +140,17 @@ def decode_frames(container, stream, index: FrameIndex, wanted: np.ndarray, size
             raise ItemError(f"truncated: the stream ends before the frame at t={float(target * index.time_base)}s")
         if frame.pts != target:
             raise ItemError(f"the frame at t={float(target * index.time_base)}s did not decode")
-        got[target] = upright(frame, frame.to_ndarray(format="rgb24", **resize))
+        got[target] = frame_input(frame, size, resize)
     return np.stack([got[int(p)] for p in index.pts[wanted]])
 
 
-def upright(frame, image: np.ndarray) -> np.ndarray:
-    """The decoded `image` of `frame` as players show it: turned by the display matrix (phones store portrait video
-    sideways and say so there). A mirroring matrix, or a turn other than a quarter turn, is refused rather than
+def quarter_turns(frame) -> int:
+    """Counter-clockwise quarter turns that show `frame` as players do: its display matrix's (phones store portrait
+    video sideways and say so there). A mirroring matrix, or a turn other than a quarter turn, is refused rather than
     stored the wrong way round."""
     matrix = frame.side_data.get(Type.DISPLAYMATRIX)
     if matrix is None:
-        return image
+        return 0
     a, b, _, c, d = np.frombuffer(bytes(matrix), np.int32)[:5].tolist()
     if a * d - b * c < 0:
         raise ItemError("the display matrix mirrors the picture; only turns by quarter turns are supported")
@@ -148,7 +158,31 @@ def upright(frame, image: np.ndarray) -> np.ndarray:
     if rest:
         raise ItemError(f"the display matrix turns the picture by {frame.rotation} degrees; only quarter turns are "
                         "supported")
-    return np.ascontiguousarray(np.rot90(image, turns))  # rot90 turns counter-clockwise, as frame.rotation counts
+    return turns  # counter-clockwise, as frame.rotation counts and np.rot90 / torch.rot90 turn
+
+
+def nv12_colour(frame) -> Colour | None:
+    """The colour matrix and range of an 8-bit 4:2:0 frame of even size whose matrix frames.py knows (None for any
+    other frame: it is converted to RGB by swscale first)."""
+    if frame.format.name not in ("yuv420p", "yuvj420p", "nv12") or frame.width % 2 or frame.height % 2:
+        return None
+    matrix = COLORSPACES.get(int(frame.colorspace))
+    full_range = int(frame.color_range) == 2 or frame.format.name == "yuvj420p"  # 2: AVCOL_RANGE_JPEG
+    return Colour(matrix, full_range) if matrix else None
+
+
+def frame_input(frame, size: int | None, resize: str) -> np.ndarray:
+    """One decoded frame as the encoder's RGB input [S, S, 3] uint8 (S = size; None: the frame's size), upright."""
+    turns = quarter_turns(frame)
+    if resize == "swscale-bicubic":
+        scale = {"width": size, "height": size, "interpolation": "BICUBIC"} if size else {}
+        return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24", **scale), turns))
+    colour = nv12_colour(frame)
+    if colour:
+        image = nv12_to_input(torch.from_numpy(frame.to_ndarray(format="nv12"))[None], colour, size, turns)
+    else:
+        image = rgb_to_input(torch.from_numpy(frame.to_ndarray(format="rgb24"))[None], size, turns)
+    return image[0].numpy()
 
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png")
@@ -173,9 +207,8 @@ def frame_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in images]
 
 
-def read_image(path: str, size: int | None) -> np.ndarray:
+def read_image(path: str, size: int | None, resize: str = RESIZES[0]) -> np.ndarray:
     """The RGB picture [H, W, 3] uint8 of an image file, upright and resized as decode_frames does a video frame."""
-    resize = {"width": size, "height": size, "interpolation": "BICUBIC"} if size else {}
     try:
         with open_media(path) as container:
             if not container.streams.video:
@@ -183,17 +216,17 @@ def read_image(path: str, size: int | None) -> np.ndarray:
             frame = next(container.decode(container.streams.video[0]), None)
             if frame is None:
                 raise ItemError("no picture decoded")
-            return upright(frame, frame.to_ndarray(format="rgb24", **resize))
+            return frame_input(frame, size, resize)
     except (ItemError, av.error.FFmpegError, OSError) as e:
         raise ItemError(f"image {path} cannot be read: {e}") from e
 
 
-def read_frame_folder(folder: str, pick, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def read_frame_folder(folder: str, pick, size: int | None, resize: str = RESIZES[0]) -> tuple[np.ndarray, np.ndarray]:
     """read_frames of a frame folder: frame k of frame_files at t = k seconds; only the picked images are read."""
     files = frame_files(folder)
     times = np.arange(len(files), dtype=np.float64)
     wanted = pick(times)
-    images = {k: read_image(files[k], size) for k in np.unique(wanted).tolist()}
+    images = {k: read_image(files[k], size, resize) for k in np.unique(wanted).tolist()}
     shapes = {k: image.shape for k, image in images.items()}
     if len(set(shapes.values())) > 1:
         first = min(shapes)
@@ -203,22 +236,49 @@ def read_frame_folder(folder: str, pick, size: int | None) -> tuple[np.ndarray, 
     return np.stack([images[k] for k in wanted.tolist()]), times[wanted]
 
 
-def read_frames(source, pick, size: int | None, folders: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(frames [N,H,W,3] uint8, times [N] seconds) of the frames `pick(times of all frames) -> indices` selects.
-    With `folders`, a frame folder is read as a clip at one frame per second (read_frame_folder); without, it is
-    refused."""
+def read_frames(source, pick, size: int | None, folders: bool = False,
+                resize: str = RESIZES[0]) -> tuple[np.ndarray, np.ndarray]:
+    """(frames [N,H,W,3] uint8, times [N] seconds) of the frames `pick(times of all frames) -> indices` selects,
+    resized to size x size by `resize`. With `folders`, a frame folder is read as a clip at one frame per second
+    (read_frame_folder); without, it is refused."""
     if is_frame_folder(source):
         if not folders:
             raise ItemError("a frame folder has no frame times of its own: only the video modality reads one (at "
                             "one frame per second)")
-        return read_frame_folder(source, pick, size)
+        return read_frame_folder(source, pick, size, resize)
     with open_media(source) as container:
         if not container.streams.video:
             raise ItemError("no video track")
         stream = container.streams.video[0]
         index = index_frames(container, stream)
         wanted = pick(index.times)
-        return decode_frames(container, stream, index, wanted, size), index.times[wanted]
+        return decode_frames(container, stream, index, wanted, size, resize), index.times[wanted]
+
+
+def gpu_decode_plan(source, pick, size: int) -> tuple[dict | None, np.ndarray | None]:
+    """For a video file the GPU's decoder can take (pipelines/nvdec.py: NVDEC_CODECS, 8-bit 4:2:0 of even size, a
+    known colour matrix): (what the GPU is to decode: the file, the frames' positions in presentation order, the
+    colour, the quarter turns, the size; the frames' times). Only the packets are read, and the first frame decoded
+    for its colour and display matrix. (None, None) for anything else (bytes, frame folders, other codecs): read it
+    with read_frames."""
+    if not isinstance(source, (str, os.PathLike)) or is_frame_folder(source):
+        return None, None
+    with open_media(source) as container:
+        if not container.streams.video:
+            raise ItemError("no video track")
+        stream = container.streams.video[0]
+        if stream.codec_context.name not in NVDEC_CODECS:
+            return None, None
+        index = index_frames(container, stream)
+        container.seek(int(index.keyframes[0]), stream=stream)
+        first = next(container.decode(stream), None)
+        colour = first and nv12_colour(first)
+        if not colour:
+            return None, None
+        wanted = pick(index.times)
+        plan = {"source": str(source), "positions": wanted.tolist(), "frames": len(index.pts),
+                "matrix": colour.matrix, "full_range": colour.full_range, "turns": quarter_turns(first), "size": size}
+        return plan, index.times[wanted]
 
 
 def read_audio(source) -> tuple[np.ndarray, int, float]:
