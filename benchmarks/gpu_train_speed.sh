@@ -1,18 +1,14 @@
 #!/usr/bin/env bash
 # The 7B training-step levers on one GPU, in one device session: `train_bench.py step` per case, beside the anchor's
-# first row (plain HF + peft, activation checkpointing, LoRA dropout 0.05). Needs the wheels of zarr, numcodecs,
-# donfig, google-crc32c, pydantic (+core, annotated-types, typing-inspection), tyro, typeguard, docstring-parser and
+# first row (plain HF + peft, activation checkpointing, LoRA dropout 0.05). Needs .whl/ as device_env.sh says and
 # the anchor script (../shared/anchors/llm_lora_levers.py) in .whl/ (carried).
-# `train` also needs .whl/ray.tar.xz (the Ray 2.60 cp312 wheel unpacked, without ray/jars and ray/dashboard/client,
-# tarred with xz: 30 MB) and the wheels of jsonschema, jsonschema-specifications, referencing, rpds-py, tensorboardX.
 # `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
 # `gputest` runs the recipe's tests on the GPU (pytest, pluggy, iniconfig, pytest-timeout wheels); `packed 7b|0.5b
 # CASE...` times batches, e.g. "1" "4 --pack" (packed: FlexAttention), "8 --pack --profile 2" (+ torch.profiler's
 # top ops); 0.5B is prepared in /tmp/bench05.
 #   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp|gputest|packed 7b|0.5b CASE...
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source benchmarks/device_env.sh
 DIR=/tmp/bench7b
 case "$1" in
   prepare) python3 benchmarks/train_bench.py prepare $DIR --preset 7b --videos 8 ;;
@@ -31,8 +27,6 @@ case "$1" in
         | grep -E '^\{|recompil|Error|^profile|^  (gpu|cpu) ' | cut -c1-700 || echo "case '$case': exit $?"
     done ;;
   train|scale)  # `pave train` (Ray Train, GPU workers) with the defaults: auto checkpointing, compiled layers
-    tar xJf .whl/ray.tar.xz -C /tmp/site
-    find /tmp/site/ray/core/src -type f -exec chmod +x {} +  # Ray's servers, if the tarball lost their mode bits
     workers=${2:-1}; strategy=${3:-ddp}; run=/tmp/run7b-$workers-$strategy
     rm -rf $run
     # TensorBoard events need the tensorboard package, which the GPU image may lack (the metrics stay in metrics.jsonl)

@@ -14,14 +14,19 @@ Prints a table and the ratios; the encoder is a random-init SigLIP (hidden 256, 
 
 At real scale (issue 19, on a GPU machine): `--profile 720p|1080p` makes the corpus camera-like (30 fps H.264 + AAC,
 30-120 s, a keyframe every 2-4 s; `--seconds 30,30` fixes the length), `--encoder so400m` is SigLIP-so400m-patch14-384
-(LLaVA-OneVision-7B's tower) with random weights; with a GPU both paths encode on it (the job: one GPU per encoder
-actor) and the table adds the GPU's busy share (sampled every 0.1 s). Also printed: frames decoded per video (the
-reference decodes all; the job the GOPs that hold sampled frames, counted from each video's frame index), CPU
-core-seconds per video (all processes: the machine's CPU time over the run), and the payoff: a stored video's
-tokens read back per video, against the reference's decode + encode per video.
+(LLaVA-OneVision-7B's tower) with random weights, `--encoder-dtype bfloat16` runs both paths' encoder in bf16. With a
+GPU both paths encode on it and the table adds the GPU's busy share (sampled every 0.1 s). `--jobs` lists the Ray
+job's runs as DECODER:ACTORS: `pyav:1` = CPU tasks decode (swscale resize), one encoder actor on the GPU;
+`nvdec:8` = 8 encoder actors sharing the GPU (1/8 each), each decoding its videos with NVDEC (torch resize). The
+reference runs on the first `--reference-videos` videos only (it is slow at 1080p); rates are per video.
+Also printed: frames decoded per video (the reference decodes all; the job the GOPs that hold sampled frames,
+counted from each video's frame index), CPU core-seconds per video (all processes: the machine's CPU time over the
+run), and the payoff per training sample: the reference's decode CPU-seconds and encoder GPU-ms per video against a
+stored video's tokens read back.
 """
 import argparse
 import bisect
+import json
 import os
 import shutil
 import sys
@@ -40,7 +45,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from transformers import SiglipVisionConfig, SiglipVisionModel  # noqa: E402
 
-from pipelines.corpus import PROFILES, load_manifest, make_corpus  # noqa: E402
+from pipelines.corpus import PROFILES, load_manifest, load_truth, make_corpus  # noqa: E402
 from pipelines.encoders import vision_encoder  # noqa: E402
 from pipelines.media import index_frames, uniform_frames  # noqa: E402
 
@@ -88,28 +93,43 @@ def frames_decoded_by_the_job(path: Path, frames: int) -> int:
     return int(sum(last - starts[gop] + 1 for gop, last in last_in_gop.items()))
 
 
-def reference(corpus: Path, out: Path, encoder_dir: str, frames: int) -> int:
-    """The sequential script; returns the number of frames decoded."""
+def reference(corpus: Path, rows: list[dict], out: Path, encoder_dir: str, frames: int,
+              encoder_dtype: str) -> tuple[int, float, float, "Usage"]:
+    """The sequential script; returns the number of frames decoded, the encoder's seconds (synchronised), and the
+    seconds and Usage of its loop over the videos (its steady state: model load and warm-up left out)."""
     torch.set_num_threads(1)
-    encoder = vision_encoder(encoder_dir, "full").to(DEVICE)  # the job's default main-video tokens
-    size, decoded = encoder.size, 0
+    encoder = vision_encoder(encoder_dir, "full")  # the job's default main-video tokens
+    encoder.compute_in(getattr(torch, encoder_dtype))
+    encoder = encoder.to(DEVICE)
+    with torch.inference_mode():  # warm-up (kernel selection), so that the loop is the steady state
+        encoder(torch.zeros(frames, encoder.size, encoder.size, 3, dtype=torch.uint8, device=DEVICE)).cpu()
     out.mkdir(parents=True)
-    for row in load_manifest(corpus):
-        with av.open(str(corpus / row["video"])) as container:
-            video = [(f.time, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]  # all frames
-        decoded += len(video)
-        index = np.linspace(0, len(video) - 1, frames).astype(int)
-        pixels = torch.from_numpy(np.stack([video[i][1] for i in index])).permute(0, 3, 1, 2).float()
-        pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True)
-        with torch.inference_mode():
-            tokens = encoder(pixels.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).to(DEVICE)).cpu()
-        torch.save({"tokens": tokens.half(), "t": torch.tensor([video[i][0] for i in index])},
-                   out / f"{row['id']}.pt")
-    return decoded
+    with Usage() as usage:
+        start = time.perf_counter()
+        done = [reference_video(corpus / row["video"], out / f"{row['id']}.pt", encoder, frames) for row in rows]
+        seconds = time.perf_counter() - start
+    return sum(d for d, _ in done), sum(e for _, e in done), seconds, usage
 
 
-def ray_job(corpus: Path, store: Path, encoder_dir: str, frames: int, workers: int, cpus: int) -> tuple[float, dict]:
-    """The job on a fresh local Ray of `cpus` logical CPUs (and the machine's GPUs: one per encoder actor)."""
+def reference_video(path: Path, out: Path, encoder, frames: int) -> tuple[int, float]:
+    """One video the reference's way: every frame decoded to RGB, `frames` picked by index, resized, encoded, saved.
+    Returns the frames decoded and the encoder's seconds."""
+    with av.open(str(path)) as container:
+        video = [(f.time, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]  # all frames
+    index = np.linspace(0, len(video) - 1, frames).astype(int)
+    pixels = torch.from_numpy(np.stack([video[i][1] for i in index])).permute(0, 3, 1, 2).float()
+    pixels = torch.nn.functional.interpolate(pixels, size=(encoder.size,) * 2, mode="bicubic", antialias=True)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        tokens = encoder(pixels.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).to(DEVICE)).cpu()
+    encode_s = time.perf_counter() - started
+    torch.save({"tokens": tokens.half(), "t": torch.tensor([video[i][0] for i in index])}, out)
+    return len(video), encode_s
+
+
+def ray_job(manifest: Path, store: Path, encoder_dir: str, frames: int, decoder: str, actors: int, cpus: int,
+            encoder_dtype: str) -> tuple[float, dict]:
+    """The job on a fresh local Ray of `cpus` logical CPUs and the machine's GPU, shared by the encoder actors."""
     import ray
 
     from pipelines.materialize import Resources, Settings, materialize
@@ -118,10 +138,13 @@ def ray_job(corpus: Path, store: Path, encoder_dir: str, frames: int, workers: i
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
+        resize = "torch-bicubic" if decoder == "nvdec" else "swscale-bicubic"
+        gpus = 1 / actors if DEVICE.type == "cuda" else 0
         start = time.perf_counter()
-        summary = materialize(read_items(str(corpus / "manifest.jsonl")), str(store), ["video"],
-                              {"video": encoder_dir}, Settings(frames=frames),
-                              Resources(concurrency=workers, batch_size=4, part_items=16))
+        summary = materialize(read_items(str(manifest)), str(store), ["video"],
+                              {"video": encoder_dir}, Settings(frames=frames, encoder_dtype=encoder_dtype, resize=resize),
+                              Resources(concurrency=actors, num_gpus=gpus, batch_size=4, part_items=16,
+                                        decoder=decoder))
         return time.perf_counter() - start, summary.counts["video"]
     finally:
         ray.shutdown()
@@ -143,8 +166,14 @@ def main():
     parser.add_argument("--videos", type=int, default=24, help="corpus size when --corpus is not given")
     parser.add_argument("--corpus", type=Path, help="an existing corpus directory (default: a new one in a temp dir)")
     parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--workers", default="1,2", help="encoder worker counts to run the Ray job with (default 1,2)")
-    parser.add_argument("--cpus", type=int, help="logical CPUs of the job's Ray (default: workers + 1)")
+    parser.add_argument("--jobs", default="pyav:1,pyav:2",
+                        help="the Ray job's runs, DECODER:ACTORS each (default pyav:1,pyav:2)")
+    parser.add_argument("--cpus", type=int, help="logical CPUs of the job's Ray (default: actors + 1 on a CPU "
+                                                 "machine, every core on a GPU machine)")
+    parser.add_argument("--reference-videos", type=int, help="videos the reference script runs on (default all)")
+    parser.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeat", type=int, default=1, help="list each video this many times (default 1)")
+    parser.add_argument("--corpus-workers", type=int, default=os.cpu_count(), help="processes writing the corpus")
     parser.add_argument("--profile", default="tiny", choices=list(PROFILES),
                         help="corpus profile (pipelines/corpus.py)")
     parser.add_argument("--seconds", help="MIN,MAX take length, over the profile's")
@@ -156,8 +185,12 @@ def main():
         profile = PROFILES[args.profile]
         if args.seconds:
             profile = replace(profile, seconds=tuple(float(x) for x in args.seconds.split(",")))
-        corpus = args.corpus or make_corpus(work / "corpus", args.videos, seed=1, profile=profile).parent
-        rows = load_manifest(corpus)
+        corpus = args.corpus or make_corpus(work / "corpus", args.videos, seed=1, profile=profile,
+                                            workers=args.corpus_workers).parent
+        # each video listed --repeat times under its own id: a long job's steady state without making more videos
+        rows = [{**row, "id": f"{row['id']}-{r}"} for r in range(args.repeat) for row in load_manifest(corpus)]
+        manifest = work / "items.jsonl"
+        manifest.write_text("".join(json.dumps({**row, "video": str(corpus / row["video"])}) + "\n" for row in rows))
         encoder_dir = str(work / "encoder")
         torch.manual_seed(0)
         SiglipVisionModel(SiglipVisionConfig(**ENCODERS[args.encoder])).save_pretrained(encoder_dir)
@@ -165,35 +198,41 @@ def main():
             (corpus / row["video"]).read_bytes()
         job_decodes = sum(frames_decoded_by_the_job(corpus / row["video"], args.frames) for row in rows)
 
-        with Usage() as usage:
-            start = time.perf_counter()
-            total_frames = reference(corpus, work / "pt", encoder_dir, args.frames)
-            results = [("reference script (1 process)", time.perf_counter() - start, 1, total_frames, usage)]
-        for workers in map(int, args.workers.split(",")):
+        ref_rows = rows[: args.reference_videos or len(rows)]
+        frames_in = {row["id"]: load_truth(corpus, row["id"].split("-")[0])["video"]["n_frames"] for row in rows}
+        decoded, encode_s, seconds, usage = reference(corpus, ref_rows, work / "pt", encoder_dir, args.frames,
+                                                      args.encoder_dtype)
+        results = [("reference script (1 process, steady state)", seconds, ref_rows, decoded, usage)]
+        stores = []
+        for job in args.jobs.split(","):
+            decoder, actors = job.split(":")
+            stores.append(work / f"store-{decoder}-{actors}")
             with Usage() as usage:
-                seconds, counts = ray_job(corpus, work / f"store{workers}", encoder_dir, args.frames, workers,
-                                          args.cpus or workers + 1)
+                cpus = args.cpus or (os.cpu_count() if DEVICE.type == "cuda" else int(actors) + 1)
+                seconds, counts = ray_job(manifest, stores[-1], encoder_dir, args.frames, decoder, int(actors), cpus,
+                                          args.encoder_dtype)
             assert counts == {"ok": len(rows), "failed": 0, "skipped": 0}, counts
-            results.append((f"Ray job, {workers} worker{'s' * (workers > 1)}", seconds, workers, job_decodes, usage))
+            results.append((f"Ray job, {decoder}, {actors} encoder actor(s)", seconds, rows, job_decodes, usage))
 
-        n = len(rows)
-        print(f"{n} videos ({args.profile}), {total_frames} frames ({total_frames / n:.0f}/video), {args.frames} "
-              f"sampled per video, encoder {args.encoder} on {DEVICE}, {os.cpu_count()} cores")
-        print("| path | wall s | videos/s | frames/s | videos/s per core | frames/s per core | frames decoded/video "
-              "| CPU core-s/video | GPU busy |")
+        print(f"{len(rows)} videos ({args.profile}, {sum(frames_in.values()) / len(rows):.0f} frames/video), "
+              f"{args.frames} sampled per video, encoder {args.encoder} ({args.encoder_dtype}) on {DEVICE}, "
+              f"{os.cpu_count()} cores")
+        print("| path | videos | wall s | videos/s | frames/s | frames decoded/video | CPU core-s/video | "
+              "frames per CPU-s | GPU busy |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for name, seconds, cores, decoded, used in results:
+        for name, seconds, done, decoded, used in results:
+            n, frames = len(done), sum(frames_in[row["id"]] for row in done)
             busy = "-" if used.gpu_busy is None else f"{100 * used.gpu_busy:.0f}%"
-            print(f"| {name} | {seconds:.1f} | {n / seconds:.2f} | {total_frames / seconds:.0f} | "
-                  f"{n / seconds / cores:.2f} | {total_frames / seconds / cores:.0f} | {decoded / n:.0f} | "
-                  f"{used.cpu_s / n:.2f} | {busy} |")
-        ref, one = results[0][1], results[1][1]
-        for name, seconds, cores, _, _ in results[1:]:
-            print(f"{name} / reference: per core {ref / seconds / cores:.2f}x, wall {ref / seconds:.2f}x, "
-                  f"wall vs {results[1][0]} {one / seconds:.2f}x")
-        read_s = store_read_s(work / f"store{args.workers.split(',')[0]}", [row["id"] for row in rows])
-        print(f"payoff per training sample: the reference decodes + encodes {1000 * ref / n:.0f} ms per video, "
-              f"the store reads a video's tokens in {1000 * read_s:.1f} ms ({ref / n / read_s:.0f}x)")
+            print(f"| {name} | {n} | {seconds:.1f} | {n / seconds:.2f} | {frames / seconds:.0f} | {decoded / n:.0f} | "
+                  f"{used.cpu_s / n:.2f} | {frames / used.cpu_s:.0f} | {busy} |")
+        ref_rate, ref_cpu = len(ref_rows) / results[0][1], results[0][4].cpu_s / len(ref_rows)
+        for name, seconds, done, _, used in results[1:]:
+            print(f"{name} / reference: videos/s {len(done) / seconds / ref_rate:.2f}x, "
+                  f"frames per CPU-s {ref_cpu / (used.cpu_s / len(done)):.2f}x")
+        read_s = store_read_s(stores[0], [row["id"] for row in rows])
+        print(f"payoff per training sample: the reference spends {ref_cpu:.2f} CPU-s decoding and "
+              f"{1000 * encode_s / len(ref_rows):.0f} GPU-ms encoding (wall {1000 / ref_rate:.0f} ms per video); the "
+              f"store reads a video's tokens in {1000 * read_s:.1f} ms")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
