@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -77,6 +77,17 @@ class Usage:
         self.stop.set()
         self.cpu_s = sum(psutil.cpu_times()[:2]) - self.cpu
         self.gpu_busy = sum(self.busy) / len(self.busy) / 100 if self.busy else None
+
+
+@dataclass
+class Run:
+    name: str
+    videos: int
+    frames: int  # in the input videos
+    seconds: float
+    decoded: float  # frames decoded
+    cpu_s: float
+    gpu_busy: float | None
 
 
 def frames_decoded_by_the_job(path: Path, frames: int) -> int:
@@ -172,6 +183,9 @@ def main():
                                                  "machine, every core on a GPU machine)")
     parser.add_argument("--reference-videos", type=int, help="videos the reference script runs on (default all)")
     parser.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--steady", action="store_true",
+                        help="also run each job on the first half of the videos: the difference of the two runs is "
+                             "the job's steady state (what it adds per video once started), printed as its own row")
     parser.add_argument("--repeat", type=int, default=1, help="list each video this many times (default 1)")
     parser.add_argument("--corpus-workers", type=int, default=os.cpu_count(), help="processes writing the corpus")
     parser.add_argument("--profile", default="tiny", choices=list(PROFILES),
@@ -202,33 +216,48 @@ def main():
         frames_in = {row["id"]: load_truth(corpus, row["id"].split("-")[0])["video"]["n_frames"] for row in rows}
         decoded, encode_s, seconds, usage = reference(corpus, ref_rows, work / "pt", encoder_dir, args.frames,
                                                       args.encoder_dtype)
-        results = [("reference script (1 process, steady state)", seconds, ref_rows, decoded, usage)]
-        stores = []
+        total = lambda done: sum(frames_in[row["id"]] for row in done)  # noqa: E731
+        results = [Run("reference script (1 process, steady state)", len(ref_rows), total(ref_rows), seconds,
+                       decoded, usage.cpu_s, usage.gpu_busy)]
+        stores, half = [], rows[: len(rows) // 2]
+        half_manifest = work / "half.jsonl"
+        half_manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[: len(half)]))
         for job in args.jobs.split(","):
             decoder, actors = job.split(":")
-            stores.append(work / f"store-{decoder}-{actors}")
-            with Usage() as usage:
-                cpus = args.cpus or (os.cpu_count() if DEVICE.type == "cuda" else int(actors) + 1)
-                seconds, counts = ray_job(manifest, stores[-1], encoder_dir, args.frames, decoder, int(actors), cpus,
-                                          args.encoder_dtype)
-            assert counts == {"ok": len(rows), "failed": 0, "skipped": 0}, counts
-            results.append((f"Ray job, {decoder}, {actors} encoder actor(s)", seconds, rows, job_decodes, usage))
+            name = f"Ray job, {decoder}, {actors} encoder actor(s)"
+            cpus = args.cpus or (os.cpu_count() if DEVICE.type == "cuda" else int(actors) + 1)
+            runs = [(manifest, rows)] + [(half_manifest, half)] * args.steady
+            for items, done in runs:
+                stores.append(work / f"store-{decoder}-{actors}-{len(done)}")
+                with Usage() as usage:
+                    seconds, counts = ray_job(items, stores[-1], encoder_dir, args.frames, decoder, int(actors),
+                                              cpus, args.encoder_dtype)
+                assert counts == {"ok": len(done), "failed": 0, "skipped": 0}, counts
+                results.append(Run(name, len(done), total(done), seconds, job_decodes * len(done) / len(rows),
+                                   usage.cpu_s, usage.gpu_busy))
+            if args.steady:  # the second half alone: the difference of the two runs
+                whole, first = results[-2], results[-1]
+                results.append(Run(f"{name}, steady state ({whole.videos} - {first.videos} videos)",
+                                   whole.videos - first.videos, whole.frames - first.frames,
+                                   whole.seconds - first.seconds, whole.decoded - first.decoded,
+                                   whole.cpu_s - first.cpu_s, None))
 
-        print(f"{len(rows)} videos ({args.profile}, {sum(frames_in.values()) / len(rows):.0f} frames/video), "
+        print(f"{len(rows)} videos ({args.profile}, {total(rows) / len(rows):.0f} frames/video), "
               f"{args.frames} sampled per video, encoder {args.encoder} ({args.encoder_dtype}) on {DEVICE}, "
               f"{os.cpu_count()} cores")
         print("| path | videos | wall s | videos/s | frames/s | frames decoded/video | CPU core-s/video | "
               "frames per CPU-s | GPU busy |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for name, seconds, done, decoded, used in results:
-            n, frames = len(done), sum(frames_in[row["id"]] for row in done)
-            busy = "-" if used.gpu_busy is None else f"{100 * used.gpu_busy:.0f}%"
-            print(f"| {name} | {n} | {seconds:.1f} | {n / seconds:.2f} | {frames / seconds:.0f} | {decoded / n:.0f} | "
-                  f"{used.cpu_s / n:.2f} | {frames / used.cpu_s:.0f} | {busy} |")
-        ref_rate, ref_cpu = len(ref_rows) / results[0][1], results[0][4].cpu_s / len(ref_rows)
-        for name, seconds, done, _, used in results[1:]:
-            print(f"{name} / reference: videos/s {len(done) / seconds / ref_rate:.2f}x, "
-                  f"frames per CPU-s {ref_cpu / (used.cpu_s / len(done)):.2f}x")
+        for run in results:
+            busy = "-" if run.gpu_busy is None else f"{100 * run.gpu_busy:.0f}%"
+            print(f"| {run.name} | {run.videos} | {run.seconds:.1f} | {run.videos / run.seconds:.2f} | "
+                  f"{run.frames / run.seconds:.0f} | {run.decoded / run.videos:.0f} | {run.cpu_s / run.videos:.2f} | "
+                  f"{run.frames / run.cpu_s:.0f} | {busy} |")
+        ref = results[0]
+        for run in results[1:]:
+            print(f"{run.name} / reference: videos/s {run.videos / run.seconds / (ref.videos / ref.seconds):.2f}x, "
+                  f"frames per CPU-s {run.frames / run.cpu_s / (ref.frames / ref.cpu_s):.2f}x")
+        ref_rate, ref_cpu = ref.videos / ref.seconds, ref.cpu_s / ref.videos
         read_s = store_read_s(stores[0], [row["id"] for row in rows])
         print(f"payoff per training sample: the reference spends {ref_cpu:.2f} CPU-s decoding and "
               f"{1000 * encode_s / len(ref_rows):.0f} GPU-ms encoding (wall {1000 / ref_rate:.0f} ms per video); the "
