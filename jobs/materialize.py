@@ -77,6 +77,8 @@ def _encoder_paths(values: list[str]) -> dict[str, str]:
 def run(args) -> int:
     import dataclasses
     import json
+    import os
+    import sys
 
     from jobs.ray_runtime import init_ray, output_path
     from pipelines.materialize import MODALITIES, Resources, Settings, actor_gpus, decode_on_gpus, materialize
@@ -101,6 +103,12 @@ def run(args) -> int:
         decode_on_gpus(settings, resources, actor_gpus(resources))
     except ValueError as e:
         raise SystemExit(str(e)) from e
+    if actor_gpus(resources) and not ray.cluster_resources().get("GPU"):
+        if not os.environ.get("RAY_ADDRESS"):  # a local Ray: no GPU will ever join, the job would wait forever
+            raise SystemExit(f"--num-gpus {args.num_gpus:g}: this machine has no GPU; leave --num-gpus out to encode "
+                             "on CPUs")
+        print(f"pave materialize: --num-gpus {args.num_gpus:g} and no GPU in the cluster yet: the encoder actors wait "
+              "for GPU nodes to join", file=sys.stderr)
     summary = materialize(read_items(args.input, args.root), store, args.modalities,
                           encoder_paths, settings, resources, owner=args.owner)
     print(summary.table())

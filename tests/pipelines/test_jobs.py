@@ -124,6 +124,20 @@ def test_cli_exit_status_and_strict(broken_dir, tmp_path, ray_local, capsys):
     assert FeatureStore(str(tmp_path / "store")).version("video").get("v0000").tokens.shape == (4, 64, 32)
 
 
+def test_gpu_options_that_cannot_run_here_say_so_in_one_line(corpus, tmp_path, ray_local, capsys):
+    """On this GPU-less local Ray: NVDEC without the torch transform, NVDEC without GPUs, and GPUs per actor
+    (which would otherwise leave the job waiting forever) each exit 2 with their line, storing nothing."""
+    args = ["materialize", "--input", str(corpus / "manifest.jsonl"), "--store", str(tmp_path / "store")]
+    cases = {("--decoder", "nvdec"): "pave materialize: decoder 'nvdec' needs resize 'torch-bicubic'",
+             ("--decoder", "nvdec", "--resize", "torch-bicubic"): "needs GPU encoder actors, and this cluster has no",
+             ("--num-gpus", "0.125"): "pave materialize: --num-gpus 0.125: this machine has no GPU; leave --num-gpus"}
+    for extra, message in cases.items():
+        assert main(args + list(extra)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1], err
+    assert not (tmp_path / "store").exists()
+
+
 def test_an_error_inside_an_encoder_stops_the_job_instead_of_failing_items(corpus, tmp_path, ray_local, resources):
     """Layer 9 of a 2-layer vision tower: the encoder raises IndexError on its first forward. That is our bug or the
     encoder's, not the input's: the job stops with the error, and no item is recorded as failed."""
