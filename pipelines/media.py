@@ -256,7 +256,7 @@ def read_frames(source, pick, size: int | None, folders: bool = False,
 
 
 def gpu_decode_plan(source, pick, size: int) -> tuple[dict | None, np.ndarray | None]:
-    """For a video file the GPU's decoder can take (pipelines/nvdec.py: NVDEC_CODECS, 8-bit 4:2:0 of even size, a
+    """For a video file the GPU's decoder can take (a codec of NVDEC_CODECS, 8-bit 4:2:0 of even size, a
     known colour matrix): (what the GPU is to decode: the file, the frames' positions in presentation order, the
     colour, the quarter turns, the size; the frames' times). Only the packets are read, and the first frame decoded
     for its colour and display matrix. (None, None) for anything else (bytes, frame folders, other codecs): read it
