@@ -20,6 +20,7 @@ HURRIED = {  # a typo'd command -> what its one line must say
     "model-info --base-model /nonexistent": "pave model-info: --base-model /nonexistent: no config.json there",
     "import-checkpoint {tmp} --out {tmp}/out --base-model {tmp} --side audio": "no config.json there",
     "make-corpus {tmp} --videos 2": "not empty",
+    "make-corpus {tmp}/new --videos 2 --workers 0": "pave make-corpus: workers must be at least 1, got 0",
     "materialize --input {tmp} --store {tmp}/store": "pave materialize: {tmp}: no video files (mp4, mkv, webm, mov, avi)",
     "store verify {tmp}/typo": "pave store verify: {tmp}/typo: no feature store there; check the path",
     "materialize --input {tmp} --store {tmp}/store --modalities vidoe": "unknown modalities ['vidoe']",
