@@ -213,7 +213,7 @@ def main():
         job_decodes = sum(frames_decoded_by_the_job(corpus / row["video"], args.frames) for row in rows)
 
         ref_rows = rows[: args.reference_videos or len(rows)]
-        frames_in = {row["id"]: load_truth(corpus, row["id"].split("-")[0])["video"]["n_frames"] for row in rows}
+        frames_in = {row["id"]: load_truth(corpus, row["id"].rsplit("-", 1)[0])["video"]["n_frames"] for row in rows}
         decoded, encode_s, seconds, usage = reference(corpus, ref_rows, work / "pt", encoder_dir, args.frames,
                                                       args.encoder_dtype)
         total = lambda done: sum(frames_in[row["id"]] for row in done)  # noqa: E731

@@ -270,8 +270,14 @@ class Encode:
 
     @torch.inference_mode()
     def encode(self, steps: list[torch.Tensor]) -> np.ndarray:
-        steps = torch.cat([s.to(self.device) for s in steps])
-        out = [self.encoder(steps[start : start + self.rows_per_forward]).to(self.dtype).cpu()
-               for start in range(0, len(steps), self.rows_per_forward)]
+        """Tokens of the rows' steps in order, in forward passes of at most rows_per_forward steps; each pass's steps
+        go to the device on their own, so a batch's inputs never sit on it whole (hfr of long videos)."""
+        bounds = np.cumsum([0] + [len(s) for s in steps]).tolist()
+        out = []
+        for start in range(0, bounds[-1], self.rows_per_forward):
+            stop = min(start + self.rows_per_forward, bounds[-1])
+            chunk = [s[max(start - first, 0) : stop - first].to(self.device)
+                     for s, first, end in zip(steps, bounds, bounds[1:]) if first < stop and end > start]
+            out.append(self.encoder(torch.cat(chunk)).to(self.dtype).cpu())
         tokens = torch.cat(out)
         return (tokens.view(torch.uint16) if self.dtype == torch.bfloat16 else tokens).numpy()

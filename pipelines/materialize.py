@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-import av
 import numpy as np
 import ray
 
@@ -41,7 +40,7 @@ from featurestore import FeatureError, FeatureStore, TokenSchema, Version, finge
 from .audio import AudioWindows
 from .encoders import Encode, InputSpec, audio_encoder, point_encoder, vision_encoder, weights_digest
 from .geometry import view_patches
-from .media import RESIZES, ItemError, gpu_decode_plan, rate_frames, read_audio, read_frames, uniform_frames
+from .media import DECODE_ERRORS, RESIZES, ItemError, gpu_decode_plan, rate_frames, read_audio, read_frames, uniform_frames
 from .nvdec import installed as nvdec_installed
 
 # Bump when a change in pipelines/ changes the tokens of an unchanged encoder and settings (2: frames are turned
@@ -49,7 +48,7 @@ from .nvdec import installed as nvdec_installed
 TRANSFORM_VERSION = "2"
 # What a bad input raises while being read: it fails that item only. Anything else (a ValueError or KeyError from
 # our own code, any error of an encoder) is a bug: it stops the job with its traceback instead of failing every item.
-INPUT_ERRORS = (ItemError, av.error.FFmpegError, OSError, EOFError, zipfile.BadZipFile)
+INPUT_ERRORS = (ItemError, *DECODE_ERRORS, zipfile.BadZipFile)
 ALREADY_COMMITTED = "already committed"
 CLAIMED = "claimed by another writer, or committed meanwhile"
 DECODERS = ("auto", "nvdec", "pyav")
@@ -66,7 +65,7 @@ class Settings:
     grid_3d: int = 8  # 3d patches per side
     dtype: str = "float16"  # stored token dtype: float16 | bfloat16 | float32
     encoder_dtype: str = "float32"  # what the encoders compute in: float32 | bfloat16
-    resize: str = RESIZES[0]  # frames to the vision encoder's input (media.RESIZES); "torch-bicubic" decodes on GPUs
+    resize: str = RESIZES[0]  # frames to the vision encoder's input (media.RESIZES); GPU decoding needs "torch-bicubic"
     vision_layer: int | None = None  # None: the LLaVA config's vision_feature_layer, else -1
     seed: int = 0  # of the untrained encoders built when no directory is given
     audio: AudioWindows = AudioWindows()
@@ -189,7 +188,9 @@ class Modality:
     gpu_decodable: bool = False  # prepare takes gpu_decode (see prepare_video)
 
     def schema_and_fingerprint(self, settings: Settings, encoder):
-        params = {**self.params(settings), **encoder.params(), "compute_dtype": settings.encoder_dtype}
+        params = {**self.params(settings), **encoder.params()}
+        if settings.encoder_dtype != "float32":  # absent at the default: versions written before it keep their ids
+            params["encoder_dtype"] = settings.encoder_dtype
         attrs = {"time_kind": self.time_kind, "encoder": encoder.name, **params}
         schema = TokenSchema(self.name, encoder.tokens_per_step, encoder.dim, settings.dtype,
                              self.extras(settings), attrs)
@@ -334,12 +335,15 @@ def actor_gpus(resources: Resources) -> float:
 
 
 def decode_on_gpus(settings: Settings, resources: Resources, num_gpus: float) -> bool:
-    """Whether the encoder actors decode the main video (Resources.decoder); a choice that cannot hold is an error."""
+    """Whether the encoder actors decode the main video (Resources.decoder); a choice that cannot hold is an error.
+    PyNvVideoCodec is looked for here, on the driver; an actor whose node lacks it decodes with PyAV and warns."""
     if resources.decoder == "nvdec":
         if settings.resize != "torch-bicubic":
             raise ValueError("decoder 'nvdec' needs resize 'torch-bicubic' (swscale resizes on the CPU, after PyAV)")
         if not num_gpus:
             raise ValueError("decoder 'nvdec' needs GPU encoder actors, and this cluster has no GPUs (use 'pyav')")
+        if not nvdec_installed():
+            raise ValueError("decoder 'nvdec' needs PyNvVideoCodec (pip install 'pave-engine[gpu]')")
         return True
     return resources.decoder == "auto" and settings.resize == "torch-bicubic" and bool(num_gpus) and nvdec_installed()
 

@@ -9,9 +9,9 @@ degenerates into one forward decode with no seeks, which is the cheapest way to 
 
 Frames are resized to the encoder's size by swscale ("swscale-bicubic", in the decode) or by pipelines/frames.py
 ("torch-bicubic", the transform GPU-decoded frames get too); gpu_decode_plan reads a file's packets and plans a GPU
-decode instead (pipelines/nvdec.py). Frames come out as players show them, turned by the stream's display matrix. Media that would read as something
-else is refused with the reason (ItemError): a cut MP4 (its header lists more samples than the file holds), a
-single frame (an image, whatever its extension), a mirroring display matrix.
+decode instead (pipelines/nvdec.py). Frames come out as players show them, turned by the stream's display matrix.
+Media that would read as something else is refused with the reason (ItemError): a cut MP4 (its header lists more
+samples than the file holds), a single frame (an image, whatever its extension), a mirroring display matrix.
 
 A folder of images (jpg, jpeg, png: the 3D tasks' posed_images_new/{scene_id}/) is read as a clip by the video
 modality (read_frames with folders=True). A frame folder has no timestamps, so frame k, in the sorted order (by the
@@ -37,6 +37,8 @@ from .frames import COLORSPACES, Colour, nv12_to_input, rgb_to_input
 # PyAV's swscale (convert and resize in one pass, on the CPU); "torch-bicubic" is pipelines/frames.py (the same
 # pixels from PyAV on the CPU and from NVDEC on the GPU).
 RESIZES = ("swscale-bicubic", "torch-bicubic")
+# What PyAV and the OS raise for a file that cannot be read (besides ItemError): a failure of that item only.
+DECODE_ERRORS = (av.error.FFmpegError, OSError, EOFError)
 NVDEC_CODECS = ("h264", "hevc", "av1", "vp9")
 
 
@@ -178,8 +180,10 @@ def frame_input(frame, size: int | None, resize: str) -> np.ndarray:
         scale = {"width": size, "height": size, "interpolation": "BICUBIC"} if size else {}
         return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24", **scale), turns))
     colour = nv12_colour(frame)
-    if colour:
-        image = nv12_to_input(torch.from_numpy(frame.to_ndarray(format="nv12"))[None], colour, size, turns)
+    if colour:  # the range stated both ways: swscale keeps the samples as they are (yuvj420p may not say full range)
+        rng = 2 if colour.full_range else 1  # AVCOL_RANGE_JPEG / MPEG
+        nv12 = frame.to_ndarray(format="nv12", src_color_range=rng, dst_color_range=rng)
+        image = nv12_to_input(torch.from_numpy(nv12)[None], colour, size, turns)
     else:
         image = rgb_to_input(torch.from_numpy(frame.to_ndarray(format="rgb24"))[None], size, turns)
     return image[0].numpy()
@@ -270,6 +274,8 @@ def gpu_decode_plan(source, pick, size: int) -> tuple[dict | None, np.ndarray | 
         if stream.codec_context.name not in NVDEC_CODECS:
             return None, None
         index = index_frames(container, stream)
+        if not len(index.keyframes):
+            raise ItemError("the video has no keyframe to start decoding from")
         container.seek(int(index.keyframes[0]), stream=stream)
         first = next(container.decode(stream), None)
         colour = first and nv12_colour(first)

@@ -6,16 +6,16 @@ NVDEC's frame k is the k-th frame in presentation order, the frame at PyAV's k-t
 is bit-equal to PyAV's for H.264 (tests/pipelines/test_nvdec.py, run on a GPU). A file that NVDEC cannot open or
 decode, a frame count that differs from PyAV's (a frame NVDEC would count that PyAV's index leaves out), or a
 machine without PyNvVideoCodec falls back to PyAV for that file, with the same transform: the same frames come out
-either way, and the fallback is logged."""
+either way, and the fallback is logged (a warning). Unlike PyAV, which refuses a frame that does not decode, NVDEC
+conceals errors in a damaged stream: such a file's frames are stored as NVDEC shows them."""
 import importlib.util
 import logging
 
-import av
 import numpy as np
 import torch
 
 from .frames import Colour, nv12_to_input
-from .media import ItemError, read_frames
+from .media import DECODE_ERRORS, ItemError, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +46,21 @@ class GpuFrames:
 
     def __init__(self, device: torch.device):
         self.device, self.nvdec = device, installed() and device.type == "cuda"
-        log.info("decode plans on %s: %s", device, "NVDEC" if self.nvdec else "PyAV (no NVDEC here)")
+        if device.type == "cuda" and not self.nvdec:
+            log.warning("PyNvVideoCodec is not installed on this node: its encoder actors decode with PyAV")
 
     def __call__(self, plan: dict) -> torch.Tensor:
         if self.nvdec:
             try:
                 nv12 = nvdec_nv12(plan["source"], plan["positions"], plan["frames"], self.device)
-                return nv12_to_input(nv12, Colour(plan["matrix"], plan["full_range"]), plan["size"], plan["turns"])
-            except Exception as e:  # noqa: BLE001 - any NVDEC failure: PyAV decodes the same frames below
+            except Exception as e:  # noqa: BLE001 - anything NVDEC refuses: PyAV decodes the same frames below
                 log.warning("NVDEC could not decode %s (%s): decoding it with PyAV", plan["source"], e)
+            else:
+                return nv12_to_input(nv12, Colour(plan["matrix"], plan["full_range"]), plan["size"], plan["turns"])
         try:
             frames, _ = read_frames(plan["source"], lambda times: self.positions(plan, times), plan["size"],
                                     resize="torch-bicubic")
-        except (av.error.FFmpegError, OSError, EOFError) as e:
+        except DECODE_ERRORS as e:
             raise ItemError(str(e)) from e
         return torch.from_numpy(frames).to(self.device)
 

@@ -11,6 +11,7 @@ from pipelines.encoders import Encode, vision_encoder, weights_digest
 from pipelines.frames import MATRICES, Colour, nv12_to_input
 from pipelines.materialize import MODALITIES, Resources, Settings, decode_on_gpus, prepare_video
 from pipelines.media import read_frames, uniform_frames
+from pipelines import nvdec
 from pipelines.nvdec import GpuFrames
 from tests.reliability.media_cases import Media
 
@@ -112,12 +113,24 @@ def test_a_decode_plan_gives_the_frames_the_cpu_path_reads(corpus, video_encoder
     assert out["tokens"][3].shape[0] == 0
 
 
-def test_frame_folders_and_bytes_are_read_where_they_are(corpus, video_encoder):
+def test_video_bytes_are_read_by_the_cpu_task_not_planned(corpus, video_encoder):
     build, _ = video_encoder
     settings, inputs = Settings(frames=4, resize=TORCH), build().inputs
     as_bytes = {"id": "b", "video": "", "video_bytes": (corpus / "videos" / "v0000.mp4").read_bytes()}
     prepared = prepare_video(as_bytes, settings, inputs, gpu_decode=True)
     assert prepared.plan is None and prepared.inputs.shape == (4, *inputs.shape)
+
+
+def test_forward_passes_that_cross_rows_give_the_same_tokens(corpus, video_encoder):
+    build, digest = video_encoder
+    frames = [read_frames(str(corpus / "videos" / f"{video_id}.mp4"), partial(uniform_frames, n=n), build().size)[0]
+              for video_id, n in (("v0000", 4), ("v0001", 7))]
+    batch = lambda: {"status": np.array(["todo"] * 2), "reason": np.array([""] * 2),  # noqa: E731
+                     "decode_s": np.zeros(2), "inputs": frames, "plan": ["", ""]}
+    whole, pieces = (Encode(build, digest, "float32", rows)(batch())["tokens"] for rows in (64, 3))
+    for a, b in zip(whole, pieces):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert [len(t) for t in pieces] == [4, 7]
 
 
 def test_bfloat16_encoders_are_another_version_with_nearby_tokens(corpus, video_encoder):
@@ -141,6 +154,10 @@ def test_gpu_decoding_needs_the_torch_transform_and_gpus():
         decode_on_gpus(Settings(), Resources(decoder="nvdec"), 1)
     with pytest.raises(ValueError, match="no GPUs"):
         decode_on_gpus(torch_settings, Resources(decoder="nvdec"), 0)
-    assert decode_on_gpus(torch_settings, Resources(decoder="nvdec"), 0.5)
+    if nvdec.installed():
+        assert decode_on_gpus(torch_settings, Resources(decoder="nvdec"), 0.5)
+    else:
+        with pytest.raises(ValueError, match=r"needs PyNvVideoCodec \(pip install 'pave-engine\[gpu\]'\)"):
+            decode_on_gpus(torch_settings, Resources(decoder="nvdec"), 0.5)
     assert not decode_on_gpus(torch_settings, Resources(decoder="pyav"), 1)
     assert not decode_on_gpus(torch_settings, Resources(decoder="auto"), 0)
