@@ -2,11 +2,10 @@
 style of the reference (dragonlzm/PAVE): decode ALL frames of a video to RGB, take `--frames` uniformly spaced ones
 by index, resize, run the encoder on them, torch.save one .pt per video. Same corpus, same encoder weights, one run.
 
-The Ray job runs with 1 and with 2 (`--workers`) encoder workers (actors; on a CPU-only cluster Ray fuses decoding into them),
-each on a fresh local Ray with one more logical CPU than workers for the read and write tasks. Times include
-everything a user waits for inside the job (actor start, model build, decode, encode, write), not `ray.init`.
-Per-core numbers divide by the worker processes that decode and encode (1 for the script). Frames/s counts the
-input videos' frames processed per second (every path reads each video in full).
+The Ray job runs once per `--jobs` entry (DECODER:ACTORS; default pyav:1,pyav:2: 1 and 2 encoder actors, into
+which a CPU-only cluster fuses decoding), each on a fresh local Ray with one more logical CPU than actors on a CPU
+machine (every core on a GPU machine). Times include everything a user waits for inside the job (actor start, model
+build, decode, encode, write), not `ray.init`. Frames/s counts the input videos' frames processed per second.
 
     .venv/bin/python benchmarks/materialize_bench.py --videos 24
 Prints a table and the ratios; the encoder is a random-init SigLIP (hidden 256, 4 layers, 224 px, patch 16 ->
@@ -152,8 +151,8 @@ def ray_job(manifest: Path, store: Path, encoder_dir: str, frames: int, decoder:
         resize = "torch-bicubic" if decoder == "nvdec" else "swscale-bicubic"
         gpus = 1 / actors if DEVICE.type == "cuda" else 0
         start = time.perf_counter()
-        summary = materialize(read_items(str(manifest)), str(store), ["video"],
-                              {"video": encoder_dir}, Settings(frames=frames, encoder_dtype=encoder_dtype, resize=resize),
+        settings = Settings(frames=frames, encoder_dtype=encoder_dtype, resize=resize)
+        summary = materialize(read_items(str(manifest)), str(store), ["video"], {"video": encoder_dir}, settings,
                               Resources(concurrency=actors, num_gpus=gpus, batch_size=4, part_items=16,
                                         decoder=decoder))
         return time.perf_counter() - start, summary.counts["video"]
