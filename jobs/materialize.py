@@ -99,11 +99,12 @@ def run(args) -> int:
                           decoder=args.decoder)
     ray = init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = True
+    gpus = actor_gpus(resources)
     try:
-        decode_on_gpus(settings, resources, actor_gpus(resources))
+        decode_on_gpus(settings, resources, gpus)
     except ValueError as e:
         raise SystemExit(str(e)) from e
-    if actor_gpus(resources) and not ray.cluster_resources().get("GPU"):
+    if gpus and not ray.cluster_resources().get("GPU"):
         if not os.environ.get("RAY_ADDRESS"):  # a local Ray: no GPU will ever join, the job would wait forever
             raise SystemExit(f"--num-gpus {args.num_gpus:g}: this machine has no GPU; leave --num-gpus out to encode "
                              "on CPUs")

@@ -40,7 +40,8 @@ from featurestore import FeatureError, FeatureStore, TokenSchema, Version, finge
 from .audio import AudioWindows
 from .encoders import Encode, InputSpec, audio_encoder, point_encoder, vision_encoder, weights_digest
 from .geometry import view_patches
-from .media import DECODE_ERRORS, RESIZES, ItemError, gpu_decode_plan, rate_frames, read_audio, read_frames, uniform_frames
+from .media import (DECODE_ERRORS, RESIZES, ItemError, gpu_decode_plan, rate_frames, read_audio, read_frames,
+                    uniform_frames)
 from .nvdec import installed as nvdec_installed
 
 # Bump when a change in pipelines/ changes the tokens of an unchanged encoder and settings (2: frames are turned

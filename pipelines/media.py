@@ -54,6 +54,13 @@ def open_media(source: str | bytes):
     return av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
 
 
+def video_stream(container):
+    """The container's first video stream; ItemError when it has none."""
+    if not container.streams.video:
+        raise ItemError("no video track")
+    return container.streams.video[0]
+
+
 @dataclass(frozen=True)
 class FrameIndex:
     pts: np.ndarray  # int64 pts of every frame, sorted (presentation order)
@@ -251,9 +258,7 @@ def read_frames(source, pick, size: int | None, folders: bool = False,
                             "one frame per second)")
         return read_frame_folder(source, pick, size, resize)
     with open_media(source) as container:
-        if not container.streams.video:
-            raise ItemError("no video track")
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         index = index_frames(container, stream)
         wanted = pick(index.times)
         return decode_frames(container, stream, index, wanted, size, resize), index.times[wanted]
@@ -268,9 +273,7 @@ def gpu_decode_plan(source, pick, size: int) -> tuple[dict | None, np.ndarray | 
     if not isinstance(source, (str, os.PathLike)) or is_frame_folder(source):
         return None, None
     with open_media(source) as container:
-        if not container.streams.video:
-            raise ItemError("no video track")
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         if stream.codec_context.name not in NVDEC_CODECS:
             return None, None
         index = index_frames(container, stream)
