@@ -84,7 +84,7 @@ class Run:
     videos: int
     frames: int  # in the input videos
     seconds: float
-    decoded: float  # frames decoded
+    decoded: int  # frames decoded
     cpu_s: float
     gpu_busy: float | None
 
@@ -207,15 +207,17 @@ def main():
         encoder_dir = str(work / "encoder")
         torch.manual_seed(0)
         SiglipVisionModel(SiglipVisionConfig(**ENCODERS[args.encoder])).save_pretrained(encoder_dir)
-        for row in rows:  # the page cache holds the corpus for every path alike
-            (corpus / row["video"]).read_bytes()
-        job_decodes = sum(frames_decoded_by_the_job(corpus / row["video"], args.frames) for row in rows)
+        frames_in, job_decodes = {}, {}  # per distinct video: its frames, and the frames the job decodes
+        for row in load_manifest(corpus):
+            (corpus / row["video"]).read_bytes()  # the page cache holds the corpus for every path alike
+            frames_in[row["video"]] = load_truth(corpus, row["id"])["video"]["n_frames"]
+            job_decodes[row["video"]] = frames_decoded_by_the_job(corpus / row["video"], args.frames)
 
         ref_rows = rows[: args.reference_videos or len(rows)]
-        frames_in = {row["id"]: load_truth(corpus, row["id"].rsplit("-", 1)[0])["video"]["n_frames"] for row in rows}
         decoded, encode_s, seconds, usage = reference(corpus, ref_rows, work / "pt", encoder_dir, args.frames,
                                                       args.encoder_dtype)
-        total = lambda done: sum(frames_in[row["id"]] for row in done)  # noqa: E731
+        total = lambda done: sum(frames_in[row["video"]] for row in done)  # noqa: E731
+        job_decoded = lambda done: sum(job_decodes[row["video"]] for row in done)  # noqa: E731
         results = [Run("reference script (1 process, steady state)", len(ref_rows), total(ref_rows), seconds,
                        decoded, usage.cpu_s, usage.gpu_busy)]
         stores, half = [], rows[: len(rows) // 2]
@@ -232,8 +234,8 @@ def main():
                     seconds, counts = ray_job(items, stores[-1], encoder_dir, args.frames, decoder, int(actors),
                                               cpus, args.encoder_dtype)
                 assert counts == {"ok": len(done), "failed": 0, "skipped": 0}, counts
-                results.append(Run(name, len(done), total(done), seconds, job_decodes * len(done) / len(rows),
-                                   usage.cpu_s, usage.gpu_busy))
+                results.append(Run(name, len(done), total(done), seconds, job_decoded(done), usage.cpu_s,
+                                   usage.gpu_busy))
             if args.steady:  # the second half alone: the difference of the two runs
                 whole, first = results[-2], results[-1]
                 results.append(Run(f"{name}, steady state ({whole.videos} - {first.videos} videos)",
