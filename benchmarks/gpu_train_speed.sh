@@ -4,9 +4,11 @@
 # the anchor script (../shared/anchors/llm_lora_levers.py) in .whl/ (carried).
 # `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
 # `gputest` runs the recipe's tests on the GPU (pytest, pluggy, iniconfig, pytest-timeout wheels); `packed 7b|0.5b
-# CASE...` times batches, e.g. "1" "4 --pack" (packed: FlexAttention), "8 --pack --profile 2" (+ torch.profiler's
-# top ops); 0.5B is prepared in /tmp/bench05.
-#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp|gputest|packed 7b|0.5b CASE...
+# CASE...` times batches, e.g. "1" "4 --pack" (packed: varlen attention), "8 --pack --profile 2" (+ torch.profiler's
+# top ops), "4 --pack --memory-peak" (what is alive at the step's memory peak), "1 --samples 8" (8 samples in turn);
+# 7b-varied has samples of different lengths. `attention` times the attention kernels alone.
+#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp|gputest|attention|
+#          packed 7b|7b-varied|0.5b CASE...
 set -euo pipefail
 source benchmarks/device_env.sh
 DIR=/tmp/bench7b
@@ -17,14 +19,19 @@ case "$1" in
       python3 benchmarks/train_bench.py step $DIR --batch 1 2 --checkpointing $case 2>&1 | grep -E '^\{|activation checkpointing|Error'
     done ;;
   anchor) python3 .whl/anchor_llm_lora_levers.py 1:6332:1:0.05:0:0 ;;
+  attention)  # 7B heads, then 0.5B's
+    python3 benchmarks/attention_bench.py --batch 4
+    python3 benchmarks/attention_bench.py --heads 14 --kv-heads 2 --head-dim 64 --batch 8 ;;
   gputest) python3 -m pytest -q -p no:cacheprovider tests/training/test_recipe.py 2>&1 | tail -3 ;;
   packed)  # packed PRESET "BATCH [--pack]"...: one process per case (a compiled process that changes sequence
     # length is its own question)
-    preset=$2; dir=$([ "$preset" = 7b ] && echo $DIR || echo /tmp/bench05); shift 2
-    [ -f $dir/base/config.json ] || python3 benchmarks/train_bench.py prepare $dir --preset $preset --videos 16 | tail -1
-    for case in "$@"; do  # each case within 4 minutes (a hang must not eat the device call)
-      timeout 240 python3 benchmarks/train_bench.py step $dir --batch $case --iters 5 --warmup 3 2>&1 \
-        | grep -E '^\{|recompil|Error|^profile|^  (gpu|cpu) ' | cut -c1-700 || echo "case '$case': exit $?"
+    # 7b-varied: videos of 8 to 32 frames (samples of 1.7k to 6.8k tokens)
+    preset=$2; dir=/tmp/bench-$preset; shift 2
+    [ -f $dir/base/config.json ] || python3 benchmarks/train_bench.py prepare $dir --preset ${preset%-varied} \
+      --videos 16 $([[ $preset == *-varied ]] && echo --min-frames 8) | tail -1
+    for case in "$@"; do  # each case within 5 minutes (a hang must not eat the device call)
+      timeout 300 python3 benchmarks/train_bench.py step $dir --batch $case --iters 5 --warmup 3 2>&1 \
+        | grep -E '^\{|Recompiling function|Error|^profile|^memory|^  (gpu|cpu|mem) ' | cut -c1-700 || echo "case '$case': exit $?"
     done ;;
   train|scale)  # `pave train` (Ray Train, GPU workers) with the defaults: auto checkpointing, compiled layers
     workers=${2:-1}; strategy=${3:-ddp}; run=/tmp/run7b-$workers-$strategy

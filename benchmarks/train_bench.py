@@ -18,6 +18,7 @@ MFU: training/throughput.py (4 N model FLOPs per token over the GPU's dense bf16
 attention).
 """
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -40,8 +41,9 @@ SHAPES = {  # frames, tokens per frame, video dim, audio dim, clip seconds (min,
 }
 
 
-def write_store(directory: Path, shapes: tuple, seed: int) -> None:
-    """A store of random bf16 video + audio tokens, and one question per video (answer: 'low' or 'high')."""
+def write_store(directory: Path, shapes: tuple, seed: int, min_frames: int | None = None) -> None:
+    """A store of random bf16 video + audio tokens, and one question per video (answer: 'low' or 'high'); with
+    `min_frames`, each video has between that many frames and the shape's (samples of different lengths)."""
     frames, tokens_per_frame, video_dim, audio_dim, (min_s, max_s), videos = shapes
     g = torch.Generator().manual_seed(seed)
     store = FeatureStore(str(directory / "store"))
@@ -56,8 +58,9 @@ def write_store(directory: Path, shapes: tuple, seed: int) -> None:
         for i in range(videos):
             video_id = f"v{i:04d}"
             duration = int(torch.randint(min_s, max_s + 1, (), generator=g))
-            frame_t = (np.arange(frames) + 0.5) * duration / frames
-            tokens = 0.5 * torch.randn(frames, tokens_per_frame, video_dim, generator=g)
+            n = int(torch.randint(min_frames, frames + 1, (), generator=g)) if min_frames else frames
+            frame_t = (np.arange(n) + 0.5) * duration / n
+            tokens = 0.5 * torch.randn(n, tokens_per_frame, video_dim, generator=g)
             vw.add(video_id, tokens.bfloat16(), frame_t, frame_t)
             starts = np.arange(duration - 1, dtype=np.float64)
             tokens = 0.5 * torch.randn(len(starts), 1, audio_dim, generator=g)
@@ -93,7 +96,7 @@ def prepare(args) -> None:
     started = time.perf_counter()
     if not (args.dir / "annotations.json").exists():
         shapes = SHAPES["tiny" if args.tiny else "full"]
-        write_store(args.dir, (*shapes[:-1], args.videos or shapes[-1]), args.seed)
+        write_store(args.dir, (*shapes[:-1], args.videos or shapes[-1]), args.seed, args.min_frames)
     print(f"store + annotations: {time.perf_counter() - started:.0f} s")
     started = time.perf_counter()
     if not (args.dir / "base" / "config.json").exists():
@@ -120,7 +123,9 @@ def mfu(flops_per_s: float) -> float | None:
 
 def step(args) -> None:
     """Times `Recipe.step` (the step `pave train` workers take) on fixed batches collated from the store exactly as
-    a worker collates them; one recipe, so one model, for every batch size."""
+    a worker collates them; one recipe, so one model, for every batch size. Every batch size sees the same first
+    --samples samples (default: the largest batch), as consecutive batches taken in turn: with samples of different
+    lengths, B=1 and a packed B=4 then train on the same tokens."""
     from model.collate import token_count
     from pipelines.training_data import FetchFeatures, sample_row
     from training.modeling import to_device
@@ -133,18 +138,25 @@ def step(args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     recipe = Recipe(cfg, samples, versions, device).setup()
     fetch = FetchFeatures(versions)
-    rows = [fetch(sample_row(s)) for s in samples[: max(args.batch)]]
+    count = args.samples or max(args.batch)
+    if uneven := [b for b in args.batch if count % b]:
+        raise SystemExit(f"--samples {count} is not a multiple of --batch {uneven[0]}: every batch size must see the "
+                         f"same samples")
+    rows = [fetch(sample_row(s)) for s in samples[:count]]
     device_name = torch.cuda.get_device_name() if recipe.on_gpu else "cpu"
     for batch_size in args.batch:
-        batch = to_device(recipe.collate({k: [r[k] for r in rows[:batch_size]] for k in rows[0]}), device)
-        try:
-            ms, peak = measure(lambda: recipe.step([batch]), device, args.iters, args.warmup)
+        batches = [to_device(recipe.collate({k: [r[k] for r in rows[i:i + batch_size]] for k in rows[0]}), device)
+                   for i in range(0, count, batch_size)]
+        turn = itertools.cycle(batches)
+        try:  # whole rounds over the batches
+            ms, peak = measure(lambda: recipe.step([next(turn)]), device, args.iters * len(batches),
+                               args.warmup * len(batches))
         except torch.OutOfMemoryError:
             print(json.dumps({"bench": "train_step", "device": device_name, "batch": batch_size, "error": "OOM"}))
             recipe.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             continue
-        tokens = token_count(batch)
+        tokens = sum(token_count(b) for b in batches) / len(batches)
         dense, with_attn = flops_per_token(recipe.model, tokens / batch_size)
         tokens_per_s = tokens / (ms / 1000)
         print_record({
@@ -153,12 +165,15 @@ def step(args) -> None:
             "checkpointed_layers": len(recipe.checkpointed), "compile": args.compile, "pack": args.pack,
             "attention": recipe.attention,
             "step_ms": round(ms, 1), "tokens_per_s": round(tokens_per_s),
-            "samples_per_s": round(batch_size / (ms / 1000), 2),
+            "samples_per_s": round(batch_size / (ms / 1000), 2), "samples": count,
+            "seq_lens": sorted({n for b in batches for n in sample_lengths(b)}),
             "mfu": mfu(dense * tokens_per_s), "mfu_attn": mfu(with_attn * tokens_per_s),
             "flop_params": flop_params(recipe.model), "peak_gib": peak, "lora_dropout": cfg.model.lora.dropout,
         })
         if args.profile:
-            profile(lambda: recipe.step([batch]), args.profile)
+            profile(lambda: recipe.step([next(turn)]), args.profile)
+        if args.memory_peak:
+            memory_peak(lambda: recipe.step([next(turn)]))
 
 
 def profile(fn, steps: int, rows: int = 18) -> None:
@@ -185,8 +200,56 @@ def profile(fn, steps: int, rows: int = 18) -> None:
         print(f"  cpu {e.self_cpu_time_total / 1000 / steps:8.2f} ms  x{e.count // steps:<5d} {e.key[:90]}")
 
 
+def memory_peak(fn, rows: int = 25) -> None:
+    """The CUDA memory alive at the peak of one call of fn, grouped by where it was allocated (the first frames
+    outside torch's own modules; compiled graphs show as their Inductor output file): which tensors make a step's
+    peak, from torch.cuda.memory's allocation history."""
+    import os
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
+    fn()
+    torch.cuda.synchronize()
+    trace = torch.cuda.memory._snapshot()["device_traces"][0]
+    events = [e for e in trace if e["action"] in ("alloc", "free_completed")]
+    torch.cuda.memory._record_memory_history(enabled=None)
+    total, peak, peak_at = 0, 0, 0
+    for i, e in enumerate(events):
+        total += e["size"] if e["action"] == "alloc" else -e["size"]
+        if total > peak:
+            peak, peak_at = total, i
+    live = {}
+    for e in events[: peak_at + 1]:
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+        else:
+            live.pop(e["addr"], None)
+
+    def where(e) -> str:
+        mine = [f for f in e["frames"] if "torch/" not in f["filename"] or "torchinductor" in f["filename"]
+                or "checkpoint" in f["filename"]]
+        return " < ".join(f"{os.path.basename(f['filename'])}:{f['line']} {f['name']}" for f in mine[:3])
+
+    groups = {}
+    for e in live.values():
+        size, count = groups.get(where(e), (0, 0))
+        groups[where(e)] = (size + e["size"], count + 1)
+    print(f"memory peak: {(before + peak) / 2**30:.1f} GiB = {before / 2**30:.1f} before the step + "
+          f"{peak / 2**30:.1f} allocated in it (event {peak_at} of {len(events)}); alive at the peak:")
+    for key, (size, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:rows]:
+        print(f"  mem {size / 2**30:7.2f} GiB x{count:<5d} {key[:300]}")
+
+
+def sample_lengths(batch: dict) -> list[int]:
+    """Tokens of each sample of a collated batch (packed or padded)."""
+    if batch["attention_mask"] is None:
+        return torch.diff(batch["packing"]["cu_seq_lens_q"]).tolist()
+    return batch["attention_mask"].sum(1).tolist()
+
+
 def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
-    """Median ms of fn over `iters` runs after `warmup`, and peak allocated GiB (CUDA) during them."""
+    """Mean ms of fn over `iters` runs after `warmup`, and peak allocated GiB (CUDA) during them."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
@@ -200,7 +263,7 @@ def measure(fn, device, iters: int, warmup: int) -> tuple[float, float | None]:
         sync()
         times.append(1000 * (time.perf_counter() - start))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return statistics.median(times), peak
+    return statistics.mean(times), peak
 
 
 def bench_config(directory: Path, batch_size: int, checkpointing: str, compile_layers: bool | None,
@@ -263,11 +326,14 @@ def main(argv=None):
     prep.add_argument("--tiny", action="store_true", help="tiny model and tokens (CPU smoke test)")
     prep.add_argument("--videos", type=int, help="videos in the store (default: the shape's, 64 / 16)")
     prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--min-frames", type=int, help="videos of this many frames up to the shape's 32, at random "
+                      "(default: all 32): samples of different lengths")
     st = sub.add_parser("step", help="time model-only training steps on batches from DIR")
     st.add_argument("dir", type=Path)
     st.add_argument("--batch", type=int, nargs="+", default=[1])
-    st.add_argument("--iters", type=int, default=10)
-    st.add_argument("--warmup", type=int, default=3)
+    st.add_argument("--samples", type=int, help="samples every batch size trains on (default: the largest batch)")
+    st.add_argument("--iters", type=int, default=10, help="timed rounds over the batches")
+    st.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     st.add_argument("--checkpointing", default="auto", help="activation checkpointing: auto, none, full or N layers")
     st.add_argument("--pack", action="store_true", help="pack each batch into one sequence (no padding)")
     st.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -277,6 +343,8 @@ def main(argv=None):
                     help="compiled layers regenerate dropout masks in the backward (functionalize_rng_ops)")
     st.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after timing, torch.profiler over STEPS steps: GPU busy share and the top ops")
+    st.add_argument("--memory-peak", action="store_true",
+                    help="after timing, one step under torch.cuda.memory's history: what is alive at its peak")
     rep = sub.add_parser("report", help="steady-state throughput, MFU and data wait of `pave train` runs")
     rep.add_argument("runs", type=Path, nargs="+")
     rep.add_argument("--skip", type=int, default=1, help="warm-up windows left out of the means")

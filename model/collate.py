@@ -11,6 +11,7 @@ import torch
 
 from model.llava import IGNORE_INDEX, VideoLayout, expand_video_tokens
 from model.patch import SideBatch, VideoBatch
+from model.varlen import packing_kwargs
 from pipelines.annotations import LEGACY_MARKER, VIDEO_MARKER
 
 
@@ -93,11 +94,12 @@ class Collator:
 
     @staticmethod
     def _packed(encoded: list[tuple[list[int], list[int]]]) -> dict:
-        """input_ids, labels, position_ids [1, total]: the samples one after another, positions restarting at 0."""
+        """input_ids, labels, position_ids [1, total]: the samples one after another, positions restarting at 0;
+        `packing`: their cumulative lengths, for varlen attention kernels."""
         return {"input_ids": torch.tensor([[i for ids, _ in encoded for i in ids]]),
                 "labels": torch.tensor([[label for _, labels in encoded for label in labels]]),
                 "position_ids": torch.cat([torch.arange(len(ids)) for ids, _ in encoded])[None],
-                "attention_mask": None}
+                "attention_mask": None, "packing": packing_kwargs([len(ids) for ids, _ in encoded])}
 
     def __call__(self, batch: dict) -> dict:
         video = self._video(batch)

@@ -180,24 +180,25 @@ class PaveLlava(nn.Module):
             raise ValueError(f"{int(is_video.sum())} video placeholder tokens for {tokens.shape[0]} video tokens")
         return embeds.masked_scatter(is_video[..., None], tokens)
 
-    def hidden_states(self, input_ids, attention_mask, video, side=None, position_ids=None) -> torch.Tensor:
+    def hidden_states(self, input_ids, attention_mask, video, side=None, position_ids=None, **packing) -> torch.Tensor:
         """Last hidden states; packed samples (one row, attention_mask None) are told apart by `position_ids`
-        restarting at 0, from which transformers builds a block-causal mask."""
+        restarting at 0, from which transformers builds a block-causal mask, or by `packing`'s cumulative lengths
+        (model.varlen.packing_kwargs) for varlen kernels."""
         embeds = self.embed(input_ids, video, side)
         # no KV cache in training: a checkpointed layer that recomputes would append its keys to it a second time
         return self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                            position_ids=position_ids, use_cache=False).last_hidden_state
+                                            position_ids=position_ids, use_cache=False, **packing).last_hidden_state
 
     def forward(self, input_ids, attention_mask, video: VideoBatch, side: Mapping[str, SideBatch] | None = None):
         """Full logits [B, T, vocab] (eval / tests; training uses `loss`)."""
         return self.hf.lm_head(self.hidden_states(input_ids, attention_mask, video, side))
 
-    def loss(self, input_ids, attention_mask, video, side, labels, position_ids=None) -> torch.Tensor:
+    def loss(self, input_ids, attention_mask, video, side, labels, position_ids=None, **packing) -> torch.Tensor:
         """Mean next-token cross-entropy over label positions (labels == IGNORE_INDEX elsewhere; side may be None).
         Only the hidden states that predict a label go through lm_head: full-vocabulary logits at every position
         would dominate memory (DESIGN: the first lever toward MFU). Packed samples: a sample's first token is a
         prompt token (IGNORE_INDEX), so no position predicts across a sample boundary."""
-        hidden = self.hidden_states(input_ids, attention_mask, video, side, position_ids)[:, :-1]
+        hidden = self.hidden_states(input_ids, attention_mask, video, side, position_ids, **packing)[:, :-1]
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         logits = self.hf.lm_head(hidden[keep]).float()

@@ -7,6 +7,7 @@ from functools import partial
 
 import torch
 
+from model import varlen
 from model.llava import PaveLlava, lora_config
 from model.patch import PatchConfig, PavePatch
 from training.config import ConfigError, RunConfig
@@ -60,10 +61,12 @@ def attention_kernel(cfg: RunConfig, on_gpu: bool) -> str:
     """The transformers attention implementation of the run's LLM (see ModelConfig.attention)."""
     choice = cfg.model.attention
     if choice == "auto":
-        choice = "flex" if cfg.data.pack and on_gpu else "sdpa"
+        choice = "varlen" if cfg.data.pack and on_gpu else "sdpa"
     if choice == "flex" and not on_gpu:
         raise ConfigError("--model.attention flex: FlexAttention has no backward on CPU; use sdpa (or a GPU)")
-    return {"flex": "flex_attention", "sdpa": "sdpa"}[choice]
+    if choice == "varlen" and not (on_gpu and cfg.data.pack):
+        raise ConfigError("--model.attention varlen: the flash varlen kernel needs GPUs and --data.pack; use sdpa")
+    return {"flex": "flex_attention", "sdpa": "sdpa", "varlen": varlen.register()}[choice]
 
 
 def build_skeleton(cfg: RunConfig, dims: dict[str, int]) -> PaveLlava:
@@ -87,7 +90,7 @@ class TrainingLoss(torch.nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return self.model.loss(batch["input_ids"], batch["attention_mask"], batch["video"], batch["side"],
-                                   batch["labels"], batch.get("position_ids"))
+                                   batch["labels"], batch.get("position_ids"), **batch.get("packing", {}))
 
 
 def fsdp(module: TrainingLoss, reduce_dtype: torch.dtype = torch.float32) -> TrainingLoss:
@@ -173,6 +176,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
     for key in ("input_ids", "attention_mask", "labels", "position_ids"):  # attention_mask is None when packed
         if batch.get(key) is not None:
             batch[key] = batch[key].to(device, non_blocking=True)
+    if "packing" in batch:
+        batch["packing"] = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                            for k, v in batch["packing"].items()}
     batch["video"] = batch["video"].to(device)
     batch["side"] = {name: side.to(device) for name, side in batch["side"].items()}
     return batch

@@ -96,16 +96,21 @@ def test_checkpointing_and_compilation_leave_loss_and_gradients_unchanged(inputs
             torch.testing.assert_close(grad, eager_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def varied_lengths(samples):
+    """The first three samples with questions of different lengths, so that the three differ in length."""
+    from pipelines.annotations import Sample
+
+    return [Sample(s.id, s.video_id, ((s.turns[0][0], s.turns[0][1] + " low or high?" * i), s.turns[1]))
+            for i, s in enumerate(samples[:3])]
+
+
 def test_a_packed_batch_gives_the_loss_and_gradients_of_its_samples_one_by_one(inputs):
     """B=3 samples of different lengths packed into one sequence (block-causal attention, no padding): the loss is
     the token-weighted mean of the three samples' losses and the gradients are the same weighted sum."""
-    from pipelines.annotations import Sample
     from pipelines.training_data import sample_row
 
     store, annotations, base, samples = inputs
-    # questions of different lengths, so that the three samples differ in length
-    varied = [Sample(s.id, s.video_id, ((s.turns[0][0], s.turns[0][1] + " low or high?" * i), s.turns[1]))
-              for i, s in enumerate(samples[:3])]
+    varied = varied_lengths(samples)
     cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
                  str(base), "--batch-size", "3", "--data.pack", "--patch-d-model", "32", "--lora-r", "8",
                  "--model.lora.dropout", "0", "--model.compile", "False"])
@@ -124,6 +129,8 @@ def test_a_packed_batch_gives_the_loss_and_gradients_of_its_samples_one_by_one(i
     assert packed["input_ids"].shape[0] == 1 and packed["attention_mask"] is None
     lengths = [len(recipe.collate({k: [r[k]] for k in r})["input_ids"][0]) for r in rows]
     assert len(set(lengths)) > 1 and packed["input_ids"].shape[1] == sum(lengths)  # no padding anywhere
+    starts = [0, lengths[0], lengths[0] + lengths[1], sum(lengths)]  # what varlen kernels are told
+    assert packed["packing"]["cu_seq_lens_q"].tolist() == starts and packed["packing"]["max_length_q"] == max(lengths)
     packed_loss, packed_grads = loss_and_grads(packed)
     weights, losses, grads = [], [], []
     for row in rows:
@@ -139,18 +146,21 @@ def test_a_packed_batch_gives_the_loss_and_gradients_of_its_samples_one_by_one(i
         torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention trains on GPUs only (no CPU backward)")
-def test_flex_attention_trains_a_packed_batch_like_the_dense_block_causal_mask(inputs):
-    """GPU: the packed batch above, with FlexAttention (block-sparse mask) and with SDPA (a dense block-causal mask,
-    whose equality with the samples one by one the CPU test shows): the same loss and gradients, to bf16 rounding."""
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen and FlexAttention train on GPUs only")
+def test_varlen_and_flex_attention_train_a_packed_batch_like_the_dense_block_causal_mask(inputs):
+    """GPU: the packed batch above, with torch's flash varlen kernel (cumulative lengths), with FlexAttention
+    (block-sparse mask) and with SDPA (a dense block-causal mask, whose equality with the samples one by one the CPU
+    test shows): the same loss and gradients, to bf16 rounding."""
     store, annotations, base, samples = inputs
     results = {}
-    for attention in ("flex", "sdpa"):
+    kernels = {"varlen": "pave_varlen", "flex": "flex_attention", "sdpa": "sdpa"}
+    for attention in kernels:
         cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
                      str(base), "--batch-size", "3", "--data.pack", "--patch-d-model", "32", "--lora-r", "8",
                      "--model.lora.dropout", "0", "--model.attention", attention])
-        recipe = Recipe(cfg, samples, open_versions(store, cfg.modalities), torch.device("cuda")).setup()
-        assert recipe.attention == {"flex": "flex_attention", "sdpa": "sdpa"}[attention]
+        recipe = Recipe(cfg, varied_lengths(samples), open_versions(store, cfg.modalities),
+                        torch.device("cuda")).setup()
+        assert recipe.attention == kernels[attention]
         torch.manual_seed(0)
         torch.nn.init.normal_(recipe.model.patches["audio"].out[-1].weight, std=0.1)
         (_, batch), = [next(recipe.batches())]
@@ -160,16 +170,21 @@ def test_flex_attention_trains_a_packed_batch_like_the_dense_block_causal_mask(i
         grads = torch.cat([p.grad.flatten().float() for _, p in sorted(recipe.module.named_parameters())
                            if p.grad is not None])
         results[attention] = loss.item(), grads
-    (flex_loss, flex_grads), (dense_loss, dense_grads) = results["flex"], results["sdpa"]
-    assert flex_loss == pytest.approx(dense_loss, rel=1e-2)
-    assert (flex_grads - dense_grads).norm() < 0.05 * dense_grads.norm()
+    dense_loss, dense_grads = results["sdpa"]
+    for attention in ("varlen", "flex"):
+        loss, grads = results[attention]
+        assert loss == pytest.approx(dense_loss, rel=1e-2), attention
+        assert (grads - dense_grads).norm() < 0.05 * dense_grads.norm(), attention
 
 
-def test_flex_attention_is_refused_on_cpu(inputs):
+@pytest.mark.parametrize("attention, pack, reason", [("flex", True, "FlexAttention has no backward on CPU"),
+                                                     ("varlen", True, "needs GPUs and --data.pack"),
+                                                     ("varlen", False, "needs GPUs and --data.pack")])
+def test_gpu_attention_kernels_are_refused_on_cpu(inputs, attention, pack, reason):
     store, annotations, base, samples = inputs
     cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
-                 str(base), "--data.pack", "--model.attention", "flex"])
-    with pytest.raises(ConfigError, match="FlexAttention has no backward on CPU"):
+                 str(base), "--model.attention", attention] + ["--data.pack"] * pack)
+    with pytest.raises(ConfigError, match=reason):
         Recipe(cfg, samples, open_versions(store, cfg.modalities), torch.device("cpu")).setup()
 
 
