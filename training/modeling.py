@@ -137,7 +137,7 @@ def spread(count: int, layers: int) -> list[int]:
 
 def _recomputing_forward(layer, *args, **kwargs):
     """A decoder layer's forward that recomputes its activations in the backward while `layer.recompute` is set
-    (non-reentrant torch.utils.checkpoint; with compiled layers the flag is a guard: one graph per value)."""
+    (non-reentrant torch.utils.checkpoint around the compiled or plain forward)."""
     if layer.recompute and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(layer._plain_forward, *args, use_reentrant=False, **kwargs)
     return layer._plain_forward(*args, **kwargs)
@@ -165,11 +165,15 @@ def set_checkpointed(model: PaveLlava, count: int) -> list[int]:
 
 
 def compile_layers(model: PaveLlava) -> None:
-    """torch.compile each LLM decoder layer in place (regional compilation: one compiled graph serves every layer,
-    shapes become dynamic after the first length change); recompilations are logged."""
+    """torch.compile the LLM decoder layers' forward (regional compilation: one compiled graph serves every layer,
+    shapes become dynamic after the first length change); recompilations are logged. Activation checkpointing stays
+    outside the compiled graph (make_checkpointable first): a checkpoint traced inside it broke Inductor's
+    partitioner once shapes turned dynamic ("Node ... was invalid, but is output")."""
     torch._logging.set_logs(recompiles=True)
-    for layer in model.hf.model.language_model.layers:
-        layer.compile()
+    layers = model.hf.model.language_model.layers
+    compiled = torch.compile(type(layers[0]).forward)
+    for layer in layers:
+        layer._plain_forward = partial(compiled, layer)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
