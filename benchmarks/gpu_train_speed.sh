@@ -4,7 +4,7 @@
 # the anchor script (../shared/anchors/llm_lora_levers.py) in .whl/ (carried).
 # `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
 # `gputest` runs the recipe's tests on the GPU (pytest, pluggy, iniconfig, pytest-timeout wheels); `packed 7b|0.5b
-# CASE...` times batches, e.g. "1" "4 --pack" (packed: varlen attention), "8 --pack --profile 2" (+ torch.profiler's
+# CASE...` times batches, e.g. "1" "4 --pack" (packed: SDPA per sample), "8 --pack --profile 2" (+ torch.profiler's
 # top ops), "4 --pack --memory-peak" (what is alive at the step's memory peak), "1 --samples 8" (8 samples in turn);
 # 7b-varied has samples of different lengths. `attention` times the attention kernels alone.
 #   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp|gputest|attention|

@@ -74,10 +74,10 @@ class ModelConfig:
     # (spread evenly)
     activation_checkpointing: str = "auto"
     compile: bool | None = None  # torch.compile each LLM decoder layer (regional); None: on with GPUs
-    # LLM attention kernel: "sdpa" (one causal sequence per row: its flash kernel), "varlen" (packed samples through
-    # torch's flash varlen kernel, told apart by cumulative lengths; GPU and --data.pack only), "flex" (FlexAttention:
-    # packed samples attend block-causally through a block-sparse mask; GPU only, it has no CPU backward), "auto":
-    # varlen for --data.pack on GPUs, else sdpa
+    # LLM attention kernel: "sdpa" (SDPA on each sequence: each row, or with --data.pack each packed sample's span),
+    # "varlen" (packed samples through torch's flash varlen kernel, told apart by cumulative lengths; GPU and
+    # --data.pack only), "flex" (FlexAttention: packed samples attend block-causally through a block-sparse mask; GPU
+    # only, it has no CPU backward); "auto": sdpa
     attention: Literal["auto", "sdpa", "varlen", "flex"] = "auto"
 
 

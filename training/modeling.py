@@ -59,14 +59,14 @@ def build_model(cfg: RunConfig, dims: dict[str, int], dtype: torch.dtype, base=N
 
 def attention_kernel(cfg: RunConfig, on_gpu: bool) -> str:
     """The transformers attention implementation of the run's LLM (see ModelConfig.attention)."""
-    choice = cfg.model.attention
-    if choice == "auto":
-        choice = "varlen" if cfg.data.pack and on_gpu else "sdpa"
+    choice = "sdpa" if cfg.model.attention == "auto" else cfg.model.attention
     if choice == "flex" and not on_gpu:
         raise ConfigError("--model.attention flex: FlexAttention has no backward on CPU; use sdpa (or a GPU)")
     if choice == "varlen" and not (on_gpu and cfg.data.pack):
         raise ConfigError("--model.attention varlen: the flash varlen kernel needs GPUs and --data.pack; use sdpa")
-    return {"flex": "flex_attention", "sdpa": "sdpa", "varlen": varlen.register()}[choice]
+    if choice == "sdpa":
+        return varlen.register(varlen.PER_SAMPLE) if cfg.data.pack else "sdpa"
+    return {"flex": "flex_attention", "varlen": varlen.register(varlen.VARLEN)}[choice]
 
 
 def build_skeleton(cfg: RunConfig, dims: dict[str, int]) -> PaveLlava:

@@ -96,11 +96,11 @@ def test_checkpointing_and_compilation_leave_loss_and_gradients_unchanged(inputs
             torch.testing.assert_close(grad, eager_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_compiled_checkpointed_layers_train_samples_of_new_lengths(inputs):
-    """One sample after another, each of a new length, with the recipe's LoRA dropout: the compiled layers recompile
-    once for dynamic shapes (with a checkpoint traced inside the compiled graph, Inductor failed there: "Node ... was
-    invalid, but is output") and give eager's losses and patch gradients (LoRA B starts at zero, so the dropout
-    masks, which differ between eager and compiled, change neither)."""
+def test_compiled_checkpointed_layers_train_packed_batches_of_new_lengths(inputs):
+    """Packed pairs of samples, each pair of a new length and new spans, with the recipe's LoRA dropout: the compiled
+    layers recompile once for dynamic shapes (with a checkpoint traced inside the compiled graph, Inductor failed
+    there: "Node ... was invalid, but is output") and give eager's losses and patch gradients (LoRA B starts at
+    zero, so the dropout masks, which differ between eager and compiled, change neither)."""
     from pipelines.training_data import sample_row
 
     store, annotations, base, samples = inputs
@@ -108,21 +108,21 @@ def test_compiled_checkpointed_layers_train_samples_of_new_lengths(inputs):
     results = {}
     for compiled in ("False", "True"):
         cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
-                     str(base), "--batch-size", "1", "--patch-d-model", "32", "--lora-r", "8",
+                     str(base), "--batch-size", "2", "--data.pack", "--patch-d-model", "32", "--lora-r", "8",
                      "--model.activation-checkpointing", "1", "--model.compile", compiled])
         recipe = Recipe(cfg, varied, open_versions(store, cfg.modalities), torch.device("cpu")).setup()
         torch.manual_seed(0)
         torch.nn.init.normal_(recipe.model.patches["audio"].out[-1].weight, std=0.1)
         loader, results[compiled] = recipe.loader(), []
-        for sample in varied:
-            row = loader.fetch(sample_row(sample))
+        for pair in ((0, 1), (1, 2), (2, 0)):
+            rows = [loader.fetch(sample_row(varied[i])) for i in pair]
             recipe.module.zero_grad(set_to_none=True)
-            loss = recipe.module(recipe.collate({k: [row[k]] for k in row}))
+            loss = recipe.module(recipe.collate({k: [r[k] for r in rows] for k in rows[0]}))
             loss.backward()
             patch_grads = {n: p.grad.clone() for n, p in recipe.module.named_parameters()
                            if "patches" in n and p.grad is not None}
             results[compiled].append((loss.item(), patch_grads))
-    assert len({loss for loss, _ in results["False"]}) == 3  # three lengths, three losses
+    assert len({loss for loss, _ in results["False"]}) == 3  # three pairs, three losses
     for (eager_loss, eager_grads), (loss, grads) in zip(results["False"], results["True"]):
         assert loss == pytest.approx(eager_loss, rel=1e-5)
         assert grads.keys() == eager_grads.keys() and len(grads) > 5
@@ -139,8 +139,8 @@ def varied_lengths(samples):
 
 
 def test_a_packed_batch_gives_the_loss_and_gradients_of_its_samples_one_by_one(inputs):
-    """B=3 samples of different lengths packed into one sequence (block-causal attention, no padding): the loss is
-    the token-weighted mean of the three samples' losses and the gradients are the same weighted sum."""
+    """B=3 samples of different lengths packed into one sequence (each attends to its own span, no padding): the
+    loss is the token-weighted mean of the three samples' losses and the gradients are the same weighted sum."""
     from pipelines.training_data import sample_row
 
     store, annotations, base, samples = inputs
@@ -181,13 +181,13 @@ def test_a_packed_batch_gives_the_loss_and_gradients_of_its_samples_one_by_one(i
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen and FlexAttention train on GPUs only")
-def test_varlen_and_flex_attention_train_a_packed_batch_like_the_dense_block_causal_mask(inputs):
+def test_varlen_and_flex_attention_train_a_packed_batch_like_sdpa_per_sample(inputs):
     """GPU: the packed batch above, with torch's flash varlen kernel (cumulative lengths), with FlexAttention
-    (block-sparse mask) and with SDPA (a dense block-causal mask, whose equality with the samples one by one the CPU
-    test shows): the same loss and gradients, to bf16 rounding."""
+    (block-sparse mask) and with SDPA on each sample's span (the default, whose equality with the samples one by one
+    the CPU test shows): the same loss and gradients, to bf16 rounding."""
     store, annotations, base, samples = inputs
     results = {}
-    kernels = {"varlen": "pave_varlen", "flex": "flex_attention", "sdpa": "sdpa"}
+    kernels = {"varlen": "pave_varlen", "flex": "flex_attention", "sdpa": "pave_packed_sdpa"}
     for attention in kernels:
         cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
                      str(base), "--batch-size", "3", "--data.pack", "--patch-d-model", "32", "--lora-r", "8",
