@@ -97,7 +97,8 @@ class OptimConfig:
 class ScaleConfig:
     workers: Annotated[int, alias("--workers")] = 1
     gpus_per_worker: Annotated[float, alias("--gpus-per-worker")] = 0.0
-    cpus_per_worker: Annotated[float, alias("--cpus-per-worker")] = 0.5  # fractional: the loaders need CPUs beside the workers (DESIGN pitfalls)
+    # fractional: the loaders need CPUs beside the workers (DESIGN pitfalls)
+    cpus_per_worker: Annotated[float, alias("--cpus-per-worker")] = 0.5
     strategy: Annotated[Literal["ddp", "fsdp"], alias("--strategy")] = "ddp"
     grad_reduce: Literal["float32", "bfloat16"] = "float32"  # gradients exchanged in this dtype (bf16: half bytes)
 
@@ -195,6 +196,11 @@ def validate(cfg: RunConfig) -> RunConfig:
                           "of layers")
     if cfg.scale.gpus_per_worker < 0 or cfg.scale.cpus_per_worker < 0:
         raise ConfigError("--scale.gpus-per-worker and --scale.cpus-per-worker cannot be negative")
+    attention = cfg.model.attention
+    if attention == "varlen" and not cfg.data.pack:
+        raise ConfigError("--model.attention varlen attends across packed samples: add --data.pack, or use sdpa")
+    if attention in ("varlen", "flex") and not cfg.scale.gpus_per_worker:
+        raise ConfigError(f"--model.attention {attention} trains on GPUs only: set --gpus-per-worker, or use sdpa")
     if "video" in cfg.sides or len(set(cfg.sides)) != len(cfg.sides):
         raise ConfigError(f"--sides {' '.join(cfg.sides)}: side channels must be distinct and not 'video' "
                           "(the main video tokens are the patch queries)")

@@ -191,7 +191,7 @@ def test_varlen_and_flex_attention_train_a_packed_batch_like_sdpa_per_sample(inp
     for attention in kernels:
         cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
                      str(base), "--batch-size", "3", "--data.pack", "--patch-d-model", "32", "--lora-r", "8",
-                     "--model.lora.dropout", "0", "--model.attention", attention])
+                     "--model.lora.dropout", "0", "--model.attention", attention, "--gpus-per-worker", "1"])
         recipe = Recipe(cfg, varied_lengths(samples), open_versions(store, cfg.modalities),
                         torch.device("cuda")).setup()
         assert recipe.attention == kernels[attention]
@@ -211,13 +211,23 @@ def test_varlen_and_flex_attention_train_a_packed_batch_like_sdpa_per_sample(inp
         assert (grads - dense_grads).norm() < 0.05 * dense_grads.norm(), attention
 
 
-@pytest.mark.parametrize("attention, pack, reason", [("flex", True, "FlexAttention has no backward on CPU"),
-                                                     ("varlen", True, "needs GPUs and --data.pack"),
-                                                     ("varlen", False, "needs GPUs and --data.pack")])
-def test_gpu_attention_kernels_are_refused_on_cpu(inputs, attention, pack, reason):
+@pytest.mark.parametrize("attention, pack, reason", [("flex", True, "flex trains on GPUs only"),
+                                                     ("varlen", True, "varlen trains on GPUs only"),
+                                                     ("varlen", False, "add --data.pack")])
+def test_gpu_attention_kernels_without_gpus_are_refused_by_the_config(inputs, attention, pack, reason):
+    store, annotations, base, _ = inputs
+    with pytest.raises(ConfigError, match=reason):
+        parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
+               str(base), "--model.attention", attention] + ["--data.pack"] * pack)
+
+
+@pytest.mark.parametrize("attention, reason", [("flex", "FlexAttention has no backward on CPU"),
+                                               ("varlen", "needs GPUs and --data.pack")])
+def test_gpu_attention_kernels_are_refused_by_a_worker_on_cpu(inputs, attention, reason):
+    """A worker that got no GPU although the config asked for one."""
     store, annotations, base, samples = inputs
     cfg = parse(["--store", store, "--annotations", str(annotations), "--out", "/tmp/unused", "--base-model",
-                 str(base), "--model.attention", attention] + ["--data.pack"] * pack)
+                 str(base), "--model.attention", attention, "--data.pack", "--gpus-per-worker", "1"])
     with pytest.raises(ConfigError, match=reason):
         Recipe(cfg, samples, open_versions(store, cfg.modalities), torch.device("cpu")).setup()
 
