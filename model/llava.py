@@ -181,9 +181,10 @@ class PaveLlava(nn.Module):
         return embeds.masked_scatter(is_video[..., None], tokens)
 
     def hidden_states(self, input_ids, attention_mask, video, side=None, position_ids=None, **packing) -> torch.Tensor:
-        """Last hidden states; packed samples (one row, attention_mask None) are told apart by `position_ids`
-        restarting at 0, from which transformers builds a block-causal mask, or by `packing`'s cumulative lengths
-        (model.varlen.packing_kwargs) for varlen kernels."""
+        """Last hidden states; packed samples (one row, attention_mask None) are told apart by `packing`
+        (model.varlen.packing_kwargs: their lengths, for the attention functions of model.varlen) or, for
+        FlexAttention and SDPA's own mask, by `position_ids` restarting at 0 (transformers builds a block-causal
+        mask from them)."""
         embeds = self.embed(input_ids, video, side)
         # no KV cache in training: a checkpointed layer that recomputes would append its keys to it a second time
         return self.hf.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask,

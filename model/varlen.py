@@ -57,7 +57,7 @@ def per_sample_sdpa_forward(module, query, key, value, attention_mask, scaling=N
 
 
 def no_mask(*args, **kwargs):
-    """The packed samples' boundaries travel as cu_seq_lens: no mask to build."""
+    """The packed samples' boundaries travel as packing_kwargs: no mask to build."""
     return None
 
 
