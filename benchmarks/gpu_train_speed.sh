@@ -31,7 +31,8 @@ case "$1" in
       --videos 16 $([[ $preset == *-varied ]] && echo --min-frames 8) | tail -1
     for case in "$@"; do  # each case within 5 minutes (a hang must not eat the device call)
       timeout 300 python3 benchmarks/train_bench.py step $dir --batch $case --iters 5 --warmup 3 2>&1 \
-        | grep -E '^\{|Recompiling function|Error|^profile|^memory|^  (gpu|cpu|mem) ' | cut -c1-700 || echo "case '$case': exit $?"
+        | grep -E '^\{|Recompiling function|Error|^profile|^memory|^  (gpu|cpu|mem) ' | cut -c1-700 \
+        || echo "case '$case': exit $?"
     done ;;
   train|scale)  # `pave train` (Ray Train, GPU workers) with the defaults: auto checkpointing, compiled layers
     workers=${2:-1}; strategy=${3:-ddp}; run=/tmp/run7b-$workers-$strategy

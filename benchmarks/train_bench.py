@@ -233,8 +233,9 @@ def memory_peak(fn, rows: int = 25) -> None:
 
     groups = {}
     for e in live.values():
-        size, count = groups.get(where(e), (0, 0))
-        groups[where(e)] = (size + e["size"], count + 1)
+        key = where(e)
+        size, count = groups.get(key, (0, 0))
+        groups[key] = (size + e["size"], count + 1)
     print(f"memory peak: {(before + peak) / 2**30:.1f} GiB = {before / 2**30:.1f} before the step + "
           f"{peak / 2**30:.1f} allocated in it (event {peak_at} of {len(events)}); alive at the peak:")
     for key, (size, count) in sorted(groups.items(), key=lambda kv: -kv[1][0])[:rows]:
@@ -244,7 +245,7 @@ def memory_peak(fn, rows: int = 25) -> None:
 def sample_lengths(batch: dict) -> list[int]:
     """Tokens of each sample of a collated batch (packed or padded)."""
     if batch["attention_mask"] is None:
-        return torch.diff(batch["packing"]["cu_seq_lens_q"]).tolist()
+        return list(batch["packing"]["sample_lengths"])
     return batch["attention_mask"].sum(1).tolist()
 
 

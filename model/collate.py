@@ -95,7 +95,7 @@ class Collator:
     @staticmethod
     def _packed(encoded: list[tuple[list[int], list[int]]]) -> dict:
         """input_ids, labels, position_ids [1, total]: the samples one after another, positions restarting at 0;
-        `packing`: their cumulative lengths, for varlen attention kernels."""
+        `packing`: their lengths, for the packed attention functions (model.varlen.packing_kwargs)."""
         return {"input_ids": torch.tensor([[i for ids, _ in encoded for i in ids]]),
                 "labels": torch.tensor([[label for _, labels in encoded for label in labels]]),
                 "position_ids": torch.cat([torch.arange(len(ids)) for ids, _ in encoded])[None],

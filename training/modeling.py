@@ -167,9 +167,10 @@ def set_checkpointed(model: PaveLlava, count: int) -> list[int]:
 def compile_layers(model: PaveLlava) -> None:
     """torch.compile the LLM decoder layers' forward (regional compilation: one compiled graph serves every layer,
     shapes become dynamic after the first length change); recompilations are logged. Activation checkpointing stays
-    outside the compiled graph (make_checkpointable first): a checkpoint traced inside it broke Inductor's
-    partitioner once shapes turned dynamic ("Node ... was invalid, but is output")."""
+    outside the compiled graph: a checkpoint traced inside it broke Inductor's partitioner once shapes turned
+    dynamic ("Node ... was invalid, but is output")."""
     torch._logging.set_logs(recompiles=True)
+    make_checkpointable(model)  # the layers call _plain_forward, which the compiled forward replaces
     layers = model.hf.model.language_model.layers
     compiled = torch.compile(type(layers[0]).forward)
     for layer in layers:
