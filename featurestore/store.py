@@ -52,6 +52,36 @@ class VersionInfo:
     n_failed: int
 
 
+@dataclass(frozen=True)
+class UncommittedPart:
+    """A part without a commit record: a writer's part in progress, a dead writer's leftover, or a finished part
+    whose record was lost. Readers never see it; gc removes it once `spared` is empty."""
+    path: str
+    items: list[str] | None  # the part's item list, written when its writer finished it; None before that
+    unserved: list[str]  # its items that no commit record serves (a finished part's record lost means these)
+    nbytes: int
+    idle_s: float | None  # since its writer's last heartbeat; None while its metadata is unwritten or torn
+    spared: str  # why gc keeps it: its writer may still be writing it ("" when gc may remove it)
+
+    @property
+    def state(self) -> str:
+        held = "unfinished" if self.items is None else f"{len(self.items)} items"
+        idle = "idle ?" if self.idle_s is None else f"idle {_duration(self.idle_s)}"
+        return f"no commit record ({held}, {self.nbytes:,} bytes, {idle})"
+
+    @property
+    def lost(self) -> bool:
+        """Finished, unserved items and past the grace period: its commit record was lost (or never written), so
+        these items are not read, and gc will remove them. Anything else is a writer at work or its leftover."""
+        return not self.spared and bool(self.unserved)
+
+
+@dataclass
+class GcReport:
+    removed: dict[str, str]  # path (relative to the store) -> why it could go
+    kept: dict[str, str]  # versions not in --keep and uncommitted parts that gc spared -> why
+
+
 @dataclass
 class _Index:
     records: list[dict]  # commit records, oldest first
@@ -87,6 +117,14 @@ class FeatureStore(_Cached):
         if self.files.local:
             return zarr.storage.LocalStore(self.files.root)
         return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options)
+
+    def check_root(self) -> None:
+        """FeatureError unless the store's URL is a folder: a mistyped path, or a file, must not read as an empty,
+        healthy store."""
+        if not self.files.exists(""):
+            raise FeatureError(f"{self.url}: no feature store there; check the path")
+        if not self.files.fs.isdir(self.files.root):
+            raise FeatureError(f"{self.url}: a file, not a feature store; give the store's folder")
 
     def versions(self, modality: str | None = None) -> list[VersionInfo]:
         """The readable versions (`damage()` says what is wrong with the others)."""
@@ -155,35 +193,41 @@ class FeatureStore(_Cached):
             raise FeatureError(f"{self.url}: {wanted} of {modality!r} not found unambiguously; versions: {known}")
         return candidates[0]
 
-    def gc(self, keep: list[str], grace_s: float = 3600.0, dry_run: bool = False) -> list[str]:
+    def gc(self, keep: list[str], grace_s: float = 3600.0, dry_run: bool = False) -> GcReport:
         """Remove every version whose fingerprint id is not in `keep` (version directories without a readable
         definition too) unless a writer may still use it: anything of it is younger than `grace_s`, or a claim on
         one of its items is live. In kept versions, remove the parts nobody committed that are idle for `grace_s`
         and whose writer holds no live claim, leftover tmp files, claims no writer needs, and the marks of gc runs
-        that stopped midway (older than `grace_s`). Returns the removed paths (relative to the store). Unknown ids
-        in `keep` are an error: a typo must not delete everything. Safe beside writers and other gc runs (_remove)."""
+        that stopped midway (older than `grace_s`). Returns what it removed and what it spared, each with why.
+        Unknown ids in `keep` are an error: a typo must not delete everything. Safe beside writers and other gc
+        runs (_remove)."""
         dirs = [f"{m}/{fp}" for m in self.files.children("", "directory") if NAME.match(m)
                 for fp in self.files.children(m, "directory")]
         unknown = set(keep) - {path.rsplit("/", 1)[1] for path in dirs}
         if unknown:
             raise FeatureError(f"unknown fingerprint ids to keep: {sorted(unknown)}; nothing removed")
-        removed = []
+        report = GcReport({}, {})
         for path in dirs:
             if path.rsplit("/", 1)[1] not in keep:
-                # (A directory with nothing in it but tmp files is a version being created.)
-                idle = self._contents(path) and not self._in_use(path, grace_s)
-                if idle and (dry_run or self._remove(path, grace_s)):
-                    removed.append(path)
+                if not self._contents(path):  # nothing in it but tmp files: a version being created
+                    continue
+                if not self._in_use(path, grace_s) and (dry_run or self._remove(path, grace_s)):
+                    report.removed[path] = "not in --keep, and idle"
+                elif self.files.exists(path):  # (else another gc run removed it meanwhile)
+                    report.kept[path] = (f"not in --keep, but a writer may use it (something of it is younger than "
+                                         f"{_duration(grace_s)}, or a claim on it is live)")
                 continue
             try:
-                doomed = self._read_version(path).garbage(grace_s)
+                version = self._read_version(path)
             except FeatureError:  # kept but unreadable: left as it is, damage() reports it
                 continue
+            doomed, spared = version.garbage(grace_s)
             if not dry_run:
                 for garbage in doomed:
                     self.files.remove(garbage)
-            removed += doomed
-        return removed
+            report.removed.update(doomed)
+            report.kept.update(spared)
+        return report
 
     def _remove(self, path: str, grace_s: float) -> bool:
         """Remove the version directory at `path` unless a writer turns out to use it; True if removed.
@@ -275,6 +319,13 @@ def _attrs(files: Files, group: str) -> dict:
         return {}
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60} min"
+
+
 class Version(_Cached):
     _state = ("store", "schema", "fingerprint")
 
@@ -328,15 +379,11 @@ class Version(_Cached):
         return dict(self.index().failed)
 
     def get(self, video_id: str) -> Features:
-        part, r0, r1 = self._locate(video_id)
-        return self._read(video_id, part, np.arange(r0, r1))
+        return self._read(video_id)
 
     def get_range(self, video_id: str, t0: float, t1: float) -> Features:
         """Rows of `video_id` whose [t_start, t_end] overlaps [t0, t1] (possibly none)."""
-        part, r0, r1 = self._locate(video_id)
-        t_start, t_end = self._part(part)["times"]
-        hit = r0 + np.flatnonzero((t_start[r0:r1] <= t1) & (t_end[r0:r1] >= t0))
-        return self._read(video_id, part, hit)
+        return self._read(video_id, (t0, t1))
 
     def _locate(self, video_id: str) -> tuple[str, int, int]:
         index = self.index()
@@ -345,37 +392,41 @@ class Version(_Cached):
         why = f"failed: {index.failed[video_id]}" if video_id in index.failed else "not committed"
         raise ItemNotFound(f"{self.path}: item {video_id!r} {why}")
 
-    def _read(self, video_id: str, part: str, rows: np.ndarray) -> Features:
-        """Read `rows` (sorted) of a part: one slice per array over the span they cover, filtered only if the span
-        has gaps (time ranges whose rows are not contiguous)."""
-        opened = self._part(part)
-        span = slice(int(rows[0]), int(rows[-1]) + 1) if rows.size else slice(0, 0)
-        keep = None if rows.size == span.stop - span.start else rows - span.start
+    def _read(self, video_id: str, window: tuple[float, float] | None = None) -> Features:
+        """The item's rows (those overlapping `window`, if given): one slice per array over the span they cover,
+        filtered only if the span has gaps (time ranges whose rows are not contiguous)."""
+        part, r0, r1 = self._locate(video_id)
         try:
-            arrays = {name: rows(span) for name, rows in opened["arrays"].items()}
+            opened = self._part(part)
+            rows = np.arange(r0, r1)
+            if window is not None:
+                t_start, t_end = (t[r0:r1] for t in opened["times"])
+                rows = rows[(t_start <= window[1]) & (t_end >= window[0])]
+            span = slice(int(rows[0]), int(rows[-1]) + 1) if rows.size else slice(0, 0)
+            arrays = {name: opened["arrays"][name](span) for name in ["tokens", *self.schema.extras]}
         except FeatureError as err:
             raise FeatureError(f"{self.path}: item {video_id!r}: {err}") from None
-        if keep is not None:
-            arrays = {name: values[keep] for name, values in arrays.items()}
+        if rows.size != span.stop - span.start:
+            arrays = {name: values[rows - span.start] for name, values in arrays.items()}
         t_start, t_end = (t[rows] for t in opened["times"])
         extras = {name: arrays[name] for name in self.schema.extras}
         return Features(video_id, arrays["tokens"], t_start, t_end, extras, self.schema)
 
     def _part(self, part: str) -> dict:
         """Arrays of a part, opened once; its t_start/t_end (16 bytes a row) are read whole and kept, so that a
-        fetch reads only the tokens and extras it returns."""
+        fetch reads only the tokens and extras it returns. Every array is read through open_rows, whose reads fail
+        on a missing chunk instead of returning zeros."""
         if part not in self._parts:
             path = f"{self.path}/parts/{part}"
-            names = ["tokens", *self.schema.extras]
             try:
                 group = zarr.open_group(self.store.zarr_store, path=path, mode="r")
-                self._parts[part] = {
-                    "arrays": {name: open_rows(self.store.files, f"{path}/{name}", group[name]) for name in names},
-                    "times": (group["t_start"][:], group["t_end"][:]),
-                }
+                arrays = {name: open_rows(self.store.files, f"{path}/{name}", group[name])
+                          for name in self.schema.row_arrays()}
             except (FileNotFoundError, KeyError) as e:  # the part's group or an array is gone
                 raise FeatureError(f"{path}: committed, but its arrays are gone ({e!r}); run `pave store verify`") \
                     from None
+            every_row = slice(0, group["t_start"].shape[0])
+            self._parts[part] = {"arrays": arrays, "times": (arrays["t_start"](every_row), arrays["t_end"](every_row))}
         return self._parts[part]
 
     def verify(self) -> list[str]:
@@ -450,10 +501,10 @@ class Version(_Cached):
 
     # ---- maintenance ----
 
-    def garbage(self, grace_s: float) -> list[str]:
-        """Paths gc may remove in this version (a kept one): uncommitted parts idle for `grace_s` whose writer holds
-        no live claim, stale tmp files, claims and gc marks. [] when a commit record is torn: no part is then known
-        to be uncommitted."""
+    def uncommitted_parts(self, grace_s: float) -> list[UncommittedPart]:
+        """The parts without a commit record; [] when a commit record is torn: no part is then known to be
+        uncommitted. A part is spared while its writer may still be writing it: it showed life within `grace_s`,
+        holds a live claim, or is still writing the part's metadata."""
         files = self.store.files
         try:
             index = self.index(fresh=True)
@@ -463,14 +514,43 @@ class Version(_Cached):
         holders = set(claims.live(files, f"{self.path}/claims").values())
         out = []
         for part in files.children(f"{self.path}/parts", "directory"):
-            attrs = _attrs(files, f"{self.path}/parts/{part}")  # {} while being created, or torn: alive
-            idle = time.time() - attrs.get("heartbeat", time.time())
-            if part not in committed_parts and idle > grace_s and attrs.get("owner") not in holders:
-                out.append(f"{self.path}/parts/{part}")
-        out += files.stale_tmp_files(self.path, grace_s)
-        out += claims.removable(files, f"{self.path}/claims", set(index.rows))
+            if part in committed_parts:
+                continue
+            path = f"{self.path}/parts/{part}"
+            attrs = _attrs(files, path)
+            items = attrs.get("items")  # written at commit, just before the record
+            idle = time.time() - attrs["heartbeat"] if "heartbeat" in attrs else None
+            if idle is None:
+                spared = "its metadata is being written, or is torn"
+            elif attrs.get("owner") in holders:
+                spared = "its writer holds live claims"
+            elif idle <= grace_s:
+                spared = f"its writer showed life {_duration(idle)} ago, within the grace period ({_duration(grace_s)})"
+            else:
+                spared = ""
+            unserved = [item for item in items or [] if item not in index.rows]
+            out.append(UncommittedPart(path, items, unserved, files.size(path), idle, spared))
+        return out
+
+    def garbage(self, grace_s: float) -> tuple[dict[str, str], dict[str, str]]:
+        """The paths gc may remove in this version (a kept one): uncommitted parts no writer may still write,
+        stale tmp files, claims and gc marks; and the uncommitted parts it spares. Each path with why. Nothing
+        when a commit record is torn."""
+        files = self.store.files
+        try:
+            index = self.index(fresh=True)
+        except FeatureError:
+            return {}, {}
+        parts = self.uncommitted_parts(grace_s)
+        out = {part.path: f"{part.state}: its writer stopped" + (f"; items no commit serves: {part.unserved}"
+                                                                  if part.unserved else "")
+               for part in parts if not part.spared}
+        spared = {part.path: f"{part.state}: {part.spared}" for part in parts if part.spared}
+        out.update((tmp, "a temporary file of a killed writer") for tmp in files.stale_tmp_files(self.path, grace_s))
+        out.update((claim, "a claim no writer needs") for claim in
+                   claims.removable(files, f"{self.path}/claims", set(index.rows)))
         marks = f"{self.path}/{REMOVING}"
         for mark in files.children(marks, "file"):  # of a gc run that stopped midway: it keeps writers off
             if time.time() - _created(files, f"{marks}/{mark}") > grace_s:
-                out.append(f"{marks}/{mark}")
-        return out
+                out[f"{marks}/{mark}"] = "the mark of a gc run that stopped midway"
+        return out, spared

@@ -13,9 +13,14 @@ def add_arguments(parser):
     inspect.add_argument("video_id")
     inspect.add_argument("--modality")
     inspect.add_argument("--fingerprint", help="fingerprint id or a unique prefix of it")
-    verify = sub.add_parser("verify", help="checksums, index consistency, NaN/inf scan; exit 1 on any problem")
+    verify = sub.add_parser("verify", help="checksums, index consistency, NaN/inf scan, parts without a commit "
+                                           "record; exit 1 on any problem")
     verify.add_argument("store")
-    gc = sub.add_parser("gc", help="drop versions not kept, uncommitted parts of dead writers, stale claims")
+    verify.add_argument("--grace-s", type=float, default=3600.0,
+                        help="a finished part without a commit record idle longer than this is a problem (gc "
+                             "removes it with this --grace-s); younger ones are warnings (default 3600)")
+    gc = sub.add_parser("gc", help="drop versions not kept, uncommitted parts of dead writers, stale claims; prints "
+                                   "what it removes and what it spares, with why")
     gc.add_argument("store")
     gc.add_argument("--keep", nargs="+", required=True, metavar="FP", help="fingerprint ids to keep (exact)")
     gc.add_argument("--grace-s", type=float, default=3600.0,
@@ -42,8 +47,7 @@ def run(args) -> int:
     action = {"ls": _ls, "inspect": _inspect, "verify": _verify, "gc": _gc}[args.store_command]
     store = FeatureStore(args.store)
     try:
-        if not store.files.exists(""):  # a mistyped path must not read as an empty, healthy store
-            raise FeatureError(f"{args.store}: no feature store there; check the path")
+        store.check_root()  # a mistyped path must not read as an empty, healthy store
         code = action(store, args)
         damage = [] if args.store_command == "verify" else store.damage()  # verify reports it itself
     except FeatureError as e:
@@ -72,18 +76,27 @@ def _ls(store, args) -> int:
 
 
 def _inspect(store, args) -> int:
-    found = False
+    """Exit 0 when every matching version that has the item reads it; 1 when one holds it as failed or cannot read
+    it, or none has it."""
+    from featurestore import FeatureError
+
+    found, code = False, 0
     for info in store.versions(args.modality):
         if not info.fingerprint_id.startswith(args.fingerprint or ""):
             continue
         version = store.version(info.modality, info.fingerprint_id)
         if args.video_id in version.failures():
             print(f"{version.path}: {args.video_id} FAILED: {version.failures()[args.video_id]}")
-            found = True
+            found, code = True, 1
         if args.video_id not in version.committed_items():
             continue
         found = True
-        f = version.get(args.video_id)
+        try:
+            f = version.get(args.video_id)
+        except FeatureError as e:
+            print(f"{version.path}: {args.video_id} UNREADABLE: {e}")
+            code = 1
+            continue
         tokens = f.to_torch().float()
         print(f"{version.path}: {args.video_id}")
         print(f"  tokens {tuple(f.tokens.shape)} {f.schema.dtype}  mean={tokens.mean():.4g} std={tokens.std():.4g} "
@@ -93,7 +106,7 @@ def _inspect(store, args) -> int:
             print(f"  {name:6s} {tuple(values.shape)} {values.dtype}")
     if not found:
         print(f"{args.video_id}: not in any matching version of {store.url}")
-    return 0 if found else 1
+    return code if found else 1
 
 
 def _verify(store, args) -> int:
@@ -103,28 +116,45 @@ def _verify(store, args) -> int:
     n_problems = len(incomplete)
     for version in versions:
         problems = version.verify()
-        n_problems += len(problems)
-        print(f"OK  {version.path} ({len(version.items())} items)" if not problems else f"BAD {version.path}")
+        uncommitted = version.uncommitted_parts(args.grace_s)
+        lost = [part for part in uncommitted if part.lost]
+        n_problems += len(problems) + len(lost)
+        print(f"OK  {version.path} ({len(version.items())} items)" if not problems + lost else f"BAD {version.path}")
         for problem in problems:
             print(f"    {problem}")
+        for part in uncommitted:
+            if part.lost:
+                print(f"    {part.path}: {part.state}: its items {part.unserved} are not served (the record was lost, "
+                      "or never written); rerun the job that wrote them to write them again, then `pave store gc` "
+                      "removes this part")
+            else:
+                why = part.spared or ("its items are served by other parts" if part.items else
+                                      "its writer stopped before finishing it")
+                print(f"    warning: {part.path}: {part.state}: {why}; `pave store gc` removes it once its writer "
+                      f"is idle for --grace-s")
     print(f"{n_problems} problem(s)")
     return 1 if n_problems else 0
 
 
 def _gc(store, args) -> int:
-    removed = store.gc(args.keep, grace_s=args.grace_s, dry_run=args.dry_run)
-    for path in removed:
-        print(f"{'would remove' if args.dry_run else 'removed'} {path}")
-    print(f"{len(removed)} path(s)")
+    report = store.gc(args.keep, grace_s=args.grace_s, dry_run=args.dry_run)
+    for path, why in report.removed.items():
+        print(f"{'would remove' if args.dry_run else 'removed'} {path}: {why}")
+    for path, why in report.kept.items():
+        print(f"kept {path}: {why}")
+    print(f"{len(report.removed)} path(s) {'to remove' if args.dry_run else 'removed'}, {len(report.kept)} spared")
     return 0
 
 
 def _import(args) -> int:
     """Exit 1 when some files failed (each printed with its reason), 0 otherwise."""
     from jobs.ray_runtime import init_ray, output_path
-    from tasks.features import import_release, listing
+    from tasks.features import import_release, listing, release
 
-    items = listing(args.kind, args.dirs, args.manifest)  # bad arguments are refused before Ray starts
+    items, others = listing(args.kind, args.dirs, args.manifest)  # bad arguments are refused before Ray starts
+    if others:
+        shown = ", ".join(map(str, others[:5])) + (", ..." if len(others) > 5 else "")
+        print(f"skipped {len(others)} file(s) that are not the release's {release(args.kind).layout}: {shown}")
     store = output_path(args.store, "--store", urls=True)
     init_ray()
     summary = import_release(args.kind, items, store, args.part_items)

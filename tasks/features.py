@@ -19,7 +19,6 @@ convert` names the store items of these tasks. The version's fingerprint names t
 that made it), not the folder, so the Real and Synthetic folders of Music-AVQA land in one version. A rerun skips
 committed items; files that cannot be used become failure rows naming the file and the reason.
 """
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,6 +40,7 @@ class Release:
     files: Callable  # DIR -> {id: file}
     rows: Callable  # (loaded tensor, item) -> (tokens [N, tokens_per_step, D], t_start [N], t_end [N])
     needs_video: bool = False
+    layout: str = "*.pt files"  # what `files` takes, for messages
 
 
 def pt_files(directory: Path) -> dict[str, Path]:
@@ -93,7 +93,7 @@ RELEASES = {
                                pt_files, imagebind_rows),
     "llava-3d": Release("3d", "LLaVA-3D scene features (PAVE release)", 576,
                         {"time_kind": "frame", "grid": 24, "view_time": "frame index, 1 s apart"},
-                        scene_files, llava3d_rows),
+                        scene_files, llava3d_rows, layout="{scene_id}/video_features.pt"),
     "languagebind": Release("hfr", "LanguageBind video tower of Video-LLaVA-7B (PAVE release)", 4,
                             {"time_kind": "frame", "pool": "2x2", "cls": "dropped"}, pt_files, languagebind_rows,
                             needs_video=True),
@@ -107,36 +107,49 @@ def release(kind: str) -> Release:
 
 
 def load_tensor(path: Path):
+    """The tensor the file holds; ValueError with a one-line reason when it holds none."""
     import torch
 
-    tensor = torch.load(path, map_location="cpu", weights_only=True)
+    if path.stat().st_size == 0:
+        raise ValueError("zero-length file")
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # cut or foreign bytes fail inside torch/pickle/zip in many ways, all about the file
+        while err.__cause__ or err.__context__:  # the innermost says what is wrong with the bytes
+            err = err.__cause__ or err.__context__
+        lines = str(err).strip().splitlines()
+        raise ValueError(f"not a readable torch file ({type(err).__name__}: {lines[0] if lines else '-'})") from None
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"holds a {type(tensor).__name__}, not a tensor")
     return tensor
 
 
-def listing(kind: str, directories: list[Path], manifest: Path | None) -> list[dict]:
-    """One item per feature file of the release under `directories`: id, file, video (for kinds that need one);
-    TaskDataError when a folder holds none, or ids repeat across folders."""
+def listing(kind: str, directories: list[Path], manifest: Path | None) -> tuple[list[dict], list[Path]]:
+    """One item per feature file of the release under `directories`: id, file, video (for kinds that need one); and
+    the other files there, which are not the release's (e.g. `.npy`: the releases are torch files, and an array
+    file says nothing of the dtype and layout the release's conventions need). TaskDataError when a folder holds
+    no feature file, or ids repeat across folders."""
     spec = release(kind)
     if spec.needs_video and manifest is None:
         raise TaskDataError(f"{kind} features need --manifest (the one `pave data convert` writes): their frame "
                             "times come from the videos")
     videos = manifest_videos(manifest) if manifest else {}
-    items, seen = [], {}
+    items, seen, others = [], {}, []
     for directory in directories:
         if not directory.is_dir():
             raise TaskDataError(f"{directory}: no such folder; give the folder the release was unpacked into")
         files = spec.files(directory)
         if not files:
-            layout = "{scene_id}/video_features.pt" if kind == "llava-3d" else "*.pt files"
-            raise TaskDataError(f"{directory}: no {layout} there; is it the unpacked {kind} release?")
+            raise TaskDataError(f"{directory}: no {spec.layout} there; is it the unpacked {kind} release?")
         for item_id, path in files.items():
             if item_id in seen:
                 raise TaskDataError(f"id {item_id!r} is in {seen[item_id]} and {path}; import one of them")
             seen[item_id] = path
             items.append({"id": item_id, "file": str(path), "video": videos.get(item_id, "")})
-    return items
+        taken = set(files.values())
+        others += [p for p in sorted(directory.rglob("*")) if p.is_file() and p not in taken
+                   and not any(part.startswith(".") for part in p.relative_to(directory).parts)]
+    return items, others
 
 
 def write_batch(batch: dict, kind: str, version, dtype: str) -> dict:
@@ -149,11 +162,11 @@ def write_batch(batch: dict, kind: str, version, dtype: str) -> dict:
                     raise ValueError("no video for this id in --manifest, to time its frames by")
                 tensor = load_tensor(Path(item["file"]))
                 if str(tensor.dtype).removeprefix("torch.") != dtype:
-                    raise ValueError(f"dtype {tensor.dtype}, the release's first file is {dtype}")
+                    raise ValueError(f"dtype {tensor.dtype}, the release's first readable file is {dtype}")
                 tokens, t_start, t_end = spec.rows(tensor, item)
                 writer.add(item["id"], tokens.contiguous(), t_start, t_end)
                 reasons.append("")
-            except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as err:
+            except (ValueError, RuntimeError, OSError) as err:
                 reason = f"{kind} {item['file']}: {err}"
                 writer.fail(item["id"], reason)
                 reasons.append(reason)
@@ -172,6 +185,18 @@ class ImportSummary:
                 f"-> version {self.version}")
 
 
+def _first_tensor(kind: str, items: list[dict]):
+    """The first file's tensor that loads, which sets the version's dtype and width: files before it that do not
+    load become failure rows with the rest (write_batch). TaskDataError when none loads."""
+    for item in items:
+        try:
+            return load_tensor(Path(item["file"]))
+        except (ValueError, OSError) as err:
+            reason = f"{item['file']}: {err}"
+    raise TaskDataError(f"none of the {len(items)} {kind} files holds a readable tensor (the last: {reason}); is it "
+                        "the unpacked release?")
+
+
 def import_release(kind: str, items: list[dict], store_url: str, part_items: int = 64) -> ImportSummary:
     """Import the release's files `items` (listing()) into the store at `store_url` (a Ray Data job, one part per
     `part_items` files); the caller initialises Ray."""
@@ -180,7 +205,7 @@ def import_release(kind: str, items: list[dict], store_url: str, part_items: int
     from featurestore import FeatureStore, TokenSchema, fingerprint
 
     spec = release(kind)
-    first = load_tensor(Path(items[0]["file"]))
+    first = _first_tensor(kind, items)
     dtype, dim = str(first.dtype).removeprefix("torch."), first.shape[-1]
     schema = TokenSchema(spec.modality, spec.tokens_per_step, dim, dtype, attrs={**spec.attrs, "encoder": spec.model})
     fp = fingerprint(spec.model, f"release:{kind}", spec.attrs, dtype, f"import/{kind}/{IMPORT_VERSION}")

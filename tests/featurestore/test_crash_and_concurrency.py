@@ -70,7 +70,7 @@ def test_sigkill_mid_write_is_invisible_and_a_rerun_completes(tmp_path):
     assert final.verify() == []
     assert set(_all_committed_ids(store_dir, final).values()) == {1}
 
-    removed = FeatureStore(store_dir).gc([final.fingerprint.id], grace_s=0)
+    removed = FeatureStore(store_dir).gc([final.fingerprint.id], grace_s=0).removed
     assert f"{final.path}/parts/{orphan}" in removed
     assert sum(p.startswith(f"{final.path}/claims/") for p in removed) == len(IDS)  # committed: claims not needed
     assert not (store_dir / final.path / "parts" / orphan).exists()

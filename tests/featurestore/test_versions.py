@@ -95,9 +95,9 @@ def test_gc_keeps_only_the_listed_fingerprints(tmp_path):
     store = FeatureStore(tmp_path / "store")
     with pytest.raises(FeatureError, match="unknown"):
         store.gc([keep.fingerprint.id, "typo"])
-    assert store.gc([keep.fingerprint.id], grace_s=0, dry_run=True) == [drop.path]
+    assert list(store.gc([keep.fingerprint.id], grace_s=0, dry_run=True).removed) == [drop.path]
     assert (tmp_path / "store" / drop.path).exists()
-    assert store.gc([keep.fingerprint.id], grace_s=0) == [drop.path]
+    assert list(store.gc([keep.fingerprint.id], grace_s=0).removed) == [drop.path]
     assert not (tmp_path / "store" / drop.path).exists()
     assert [v.fingerprint_id for v in store.versions()] == [keep.fingerprint.id]
     np.testing.assert_array_equal(store.version("video").get("a").tokens, fsdata.rows(keep.schema, "a")["tokens"])
@@ -112,7 +112,10 @@ def test_gc_spares_a_live_writer_and_removes_dead_leftovers(tmp_path):
     leftover.write_text("{")
     os.utime(leftover, (time.time() - 7200, time.time() - 7200))
     store = FeatureStore(tmp_path / "store")
-    assert store.gc([version.fingerprint.id]) == [f"{version.path}/commits/.x.json.0123.tmp"]
+    report = store.gc([version.fingerprint.id])
+    assert list(report.removed) == [f"{version.path}/commits/.x.json.0123.tmp"]
+    assert list(report.kept) == [f"{version.path}/parts/{live.part_id}"]  # and says why
+    assert "within the grace period" in report.kept[f"{version.path}/parts/{live.part_id}"]
     assert not leftover.exists() and (tmp_path / "store" / version.path / "parts" / live.part_id).exists()
     live.commit()  # the live writer was not disturbed
     assert store.version("video").items() == ["a"] and store.version("video").verify() == []
