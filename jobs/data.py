@@ -32,12 +32,13 @@ def run(args) -> int:
         raise TaskDataError(f"--videos {missing[0]}: no such folder; give the folder that holds the task's videos")
     conversion = Conversion(roots)
     module.convert(conversion, [Path(p) for p in args.raw])
-    written = conversion.write(out)
+    written, stale = conversion.write(out)
     for split in conversion.splits:
         load_annotations(written[split])  # what we wrote must be what `pave train` / `pave eval` accept
     counts = ", ".join(f"{split} {len(samples)}" for split, samples in conversion.splits.items()) or "no"
     videos = (f"{len(conversion.videos)} videos in {written['manifest']}" if "manifest" in written
               else "no manifest (give --videos to check the videos and list them for pave materialize)")
+    removed = f"; removed {', '.join(p.name for p in stale)} of an earlier conversion" if stale else ""
     print(f"{args.task}: {counts} samples in {out}; {videos}; {len(conversion.dropped)} dropped "
-          f"({written['dropped']})")
+          f"({written['dropped']}){removed}")
     return 0

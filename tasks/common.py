@@ -2,7 +2,8 @@
 (annotations per split, the `pave materialize` manifest, the list of dropped items).
 
 Prediction files come in two kinds. The official eval outputs are joined to the questions as the official
-evaluators join them (by position, or by id for AVSD's COCO results); `pave eval`'s report.json
+evaluators join them (by position, or by id for AVSD's COCO results), checking every id they carry against the
+question at that position; `pave eval`'s report.json
 ({"predictions": [{"id", "answer", "prediction"}]}, sorted by id) is joined by our sample ids, which
 `pave data convert` derives from the same raw file that `pave score --annotations` reads."""
 import json
@@ -168,8 +169,10 @@ class Conversion:
         return next((str((root / video_path).resolve()) for root in self.video_roots
                      if (root / video_path).exists()), None)
 
-    def write(self, out: Path) -> dict[str, Path]:
-        """Write OUT/{split}.json, OUT/dropped.jsonl and (with video roots) OUT/manifest.jsonl; the paths by name."""
+    def write(self, out: Path) -> tuple[dict[str, Path], list[Path]]:
+        """Write OUT/{split}.json, OUT/dropped.jsonl and (with video roots) OUT/manifest.jsonl; (the paths by name,
+        the files of these names that an earlier conversion left and this one removed, so that OUT holds this
+        conversion only)."""
         out.mkdir(parents=True, exist_ok=True)
         written = {}
         for split, samples in self.splits.items():
@@ -181,7 +184,11 @@ class Conversion:
             written["manifest"] = out / "manifest.jsonl"
             written["manifest"].write_text("".join(json.dumps({"id": vid, "video": path}, ensure_ascii=False) + "\n"
                                                    for vid, path in sorted(self.videos.items())))
-        return written
+        stale = [out / name for name in [*(f"{split}.json" for split in SPLITS), "manifest.jsonl"]
+                 if (out / name).exists() and out / name not in written.values()]
+        for path in stale:
+            path.unlink()
+        return written, stale
 
 
 @dataclass(frozen=True)
@@ -236,17 +243,19 @@ def by_key(ids: list[str], predictions: list[Prediction], path: Path, annotation
     return [found.get(i) for i in ids]
 
 
-def by_position(ids: list[str], predictions: list[Prediction], path: Path, annotations: Path, check_keys: bool) \
-        -> list[Prediction]:
-    """The official join: the k-th prediction answers the k-th question (with `check_keys`, its id must say so)."""
+def by_position(ids: list[str], predictions: list[Prediction], path: Path, annotations: Path, keys: list[str],
+                what: str) -> list[Prediction]:
+    """The official join: the k-th prediction answers the k-th question. The id each prediction carries (`what`:
+    the question's id, or its video's when that is all the format holds) must be keys[k], so that a reordered or
+    shifted file is refused instead of scored against the wrong questions."""
     _some_questions(ids, annotations)
     if len(predictions) != len(ids):
         raise TaskDataError(f"{path}: {len(predictions)} predictions for the {len(ids)} questions of {annotations}; "
                             "the official format is joined by position, so it needs one per question, in file order")
-    for question_id, p in zip(ids, predictions):
-        if check_keys and p.key != question_id:
-            raise TaskDataError(f"{p.where}: question id {p.key!r} where the annotations' question is "
-                                f"{question_id!r}; the official format must follow the question file's order")
+    for question_id, key, p in zip(ids, keys, predictions):
+        if p.key != key:
+            raise TaskDataError(f"{p.where}: {what} {p.key!r} where question {question_id!r} of {annotations} has "
+                                f"{key!r}; the official format is joined by position: keep the question file's order")
     return predictions
 
 

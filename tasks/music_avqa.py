@@ -19,7 +19,8 @@ Score (tools/audio/music-avqa/calculate_acc.py), in percent with 2 decimals as i
   "answer" stored in the prediction file when it has one (the official script reads it there).
 - --strict: correct iff prediction and the annotation's answer are equal after lower-casing, "_" -> " ",
   punctuation dropped and numbers 0-20 written as words.
-Both: official predictions are joined by position (one per question, in file order), `pave eval`'s by id; the
+Both: official predictions are joined by position (one per question, in file order; each one's image_id must be
+the video of the question at its position), `pave eval`'s by id; the
 type comes from the annotation; groups are micro-averages; an empty group is null (the official script divides
 by zero)."""
 import ast
@@ -124,7 +125,7 @@ def score(annotations: Path, predictions: Path, strict: bool) -> dict:
     pave, found = read_predictions(predictions, OFFICIAL, key="image_id", text="pred", answer="answer")
     ids = [q.id for q in qs]
     rows = by_key(ids, found, predictions, annotations) if pave else \
-        by_position(ids, found, predictions, annotations, check_keys=False)
+        by_position(ids, found, predictions, annotations, [q.video for q in qs], "video id (image_id)")
     results = {name: [] for name in PRINTED}
     for q, p in zip(qs, rows):
         if strict:

@@ -76,7 +76,7 @@ def join(ids: list[str], annotations: Path, predictions: Path) -> list[Predictio
     """The prediction of each question: official JSON lines by position, `pave eval`'s report by id."""
     pave, found = read_predictions(predictions, OFFICIAL, key="question_id", text="text")
     return by_key(ids, found, predictions, annotations) if pave else \
-        by_position(ids, found, predictions, annotations, check_keys=True)
+        by_position(ids, found, predictions, annotations, ids, "question id")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 accuracy (substring rule) against --strict, every expectation worked out by hand from paper_tasks.md §1."""
 import json
 
-from taskdata import read, read_lines, write
+from taskdata import one_line_error, read, read_lines, write
 
 
 def item(qid, vid, pair, template, values, answer, deleted=0):
@@ -130,3 +130,26 @@ def test_test_split_is_not_duplicated(tmp_path, pave):
     # no --videos: nothing checked, no manifest; test questions once each, in file order
     assert [s["id"] for s in read(tmp_path / "out/test.json")] == ["1", "2", "3"]
     assert not (tmp_path / "out/manifest.jsonl").exists()
+
+
+def test_official_predictions_in_another_order_are_refused_naming_the_first_mismatch(tmp_path, pave):
+    # The official format is joined by position; the video id each entry carries must be its question's.
+    raw = write(tmp_path / "avqa-test.json", [item(1, "00000272", ["Visual", "Location"], "Where?", [], "left"),
+                                              item(2, "00000273", ["Visual", "Location"], "Where?", [], "right"),
+                                              item(3, "00000274", ["Visual", "Location"], "Where?", [], "left")])
+    preds = write(tmp_path / "preds.json", [{"image_id": vid, "pred": pred, "question": "Where?"}
+                                            for vid, pred in (("00000273", "right"), ("00000272", "left"),
+                                                              ("00000274", "left"))])
+    one_line_error(pave("score", "music-avqa", "--annotations", raw, "--predictions", preds, "--strict"),
+                   f"{preds} entry 0: video id (image_id) '00000273' where question '1' of {raw} has '00000272'",
+                   "keep the question file's order")
+
+
+def test_converting_again_into_the_same_out_leaves_only_this_conversions_files(tmp_path, pave):
+    train, test = write(tmp_path / "avqa-train.json", TRAIN[:3]), write(tmp_path / "avqa-test.json", TRAIN[:3])
+    assert pave("data", "convert", "music-avqa", train, test, "--out", tmp_path / "out")[0] == 0
+    assert (tmp_path / "out/test.json").exists()
+    code, out, _ = pave("data", "convert", "music-avqa", train, "--out", tmp_path / "out")
+    assert code == 0 and out.strip().endswith("; removed test.json of an earlier conversion"), out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dropped.jsonl", "train.json"]
+    assert [s["id"] for s in read(tmp_path / "out/train.json")] == ["1", "1_dup", "2", "3", "3_dup"]
