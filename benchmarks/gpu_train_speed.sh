@@ -3,11 +3,10 @@
 # first row (plain HF + peft, activation checkpointing, LoRA dropout 0.05). Needs .whl/ as device_env.sh says and
 # the anchor script (../shared/anchors/llm_lora_levers.py) in .whl/ (carried).
 # `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
-# `gputest` runs the recipe's tests on the GPU (pytest, pluggy, iniconfig, pytest-timeout wheels); `packed 7b|0.5b
-# CASE...` times batches, e.g. "1" "4 --pack" (packed: SDPA per sample), "8 --pack --profile 2" (+ torch.profiler's
+# `packed 7b|0.5b CASE...` times batches, e.g. "1" "4 --pack" (packed: SDPA per sample), "8 --pack --profile 2" (+ torch.profiler's
 # top ops), "4 --pack --memory-peak" (what is alive at the step's memory peak), "1 --samples 8" (8 samples in turn);
 # 7b-varied has samples of different lengths. `attention` times the attention kernels alone.
-#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp|gputest|attention|
+#   usage: bash benchmarks/gpu_train_speed.sh prepare|levers|anchor|train|scale N ddp|fsdp|attention|
 #          packed 7b|7b-varied|0.5b CASE...
 set -euo pipefail
 source benchmarks/device_env.sh
@@ -22,7 +21,6 @@ case "$1" in
   attention)  # 7B heads, then 0.5B's
     python3 benchmarks/attention_bench.py --batch 4
     python3 benchmarks/attention_bench.py --heads 14 --kv-heads 2 --head-dim 64 --batch 8 ;;
-  gputest) python3 -m pytest -q -p no:cacheprovider tests/training/test_recipe.py 2>&1 | tail -3 ;;
   packed)  # packed PRESET "BATCH [--pack]"...: one process per case (a compiled process that changes sequence
     # length is its own question)
     # 7b-varied: videos of 8 to 32 frames (samples of 1.7k to 6.8k tokens)

@@ -24,7 +24,7 @@ from featurestore import Version
 from model.collate import Collator, token_count
 from pipelines.annotations import Sample
 from training import checkpoint, provenance
-from training.checkpoint import TrainState
+from training.checkpoint import NonFiniteError, TrainState
 from training.config import RunConfig, save
 from training.data import DataOrder, FeatureLoader
 from training.modeling import (TrainingLoss, attention_kernel, build_model, build_skeleton, checkpointed_layer_count,
@@ -100,6 +100,10 @@ class Recipe:
         a short batch recomputes nothing and a long packed one only as many layers as its length needs, without
         sizing every batch for the longest one expected."""
         make_checkpointable(self.model)
+        # Checkpoints stash the RNG state of the default device type, which is the host's accelerator, not this
+        # recipe's device: a CPU recipe on a GPU host would track CUDA, which the first compile initialises inside a
+        # checkpointed forward, and torch refuses that ("device state was initialized in the forward pass").
+        torch.utils.checkpoint.DefaultDeviceType.set_device_type(self.device.type)
         self.checkpointed: list[int] = []
         self._free = torch.cuda.mem_get_info(self.device)[0] if self.on_gpu else None
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -152,13 +156,21 @@ class Recipe:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
             grad_norm = grad_norm.full_tensor()
+        # the step's one sync, before the update: NaN or inf never reaches the weights. The gradient norm is of the
+        # reduced gradients, the same on every worker, so all stop at the same step (a non-finite loss anywhere
+        # makes the reduced gradients non-finite too).
+        loss_sum, grad_norm = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            raise NonFiniteError(f"step {self.state.step + 1}: loss {loss_sum / len(micro_batches)}, gradient norm "
+                                 f"{grad_norm}; training stopped before the update, the weights of step "
+                                 f"{self.state.step} are the last ones (lower --optim.lr or --optim.grad-clip, and "
+                                 "check the features of the samples this step trained on in RUN/data_order/)")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.micro += len(micro_batches)
         self.state.epoch, self.state.position = self.order.locate(self.state.micro)
-        loss_sum, grad_norm = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()  # the step's one sync
         return {"loss": loss_sum / len(micro_batches), "samples": samples, "tokens": tokens,
                 "grad_norm": grad_norm}  # before clipping
 
@@ -185,11 +197,18 @@ class Recipe:
 
     def save(self, directory: Path) -> None:
         """Write a checkpoint into `directory` (rank 0; every rank must call: the gather is collective)."""
-        weights = get_model_state_dict(self.module, options=TO_SAVE)
+        weights = self._gathered_weights(f"checkpoint of step {self.state.step}")
         optimizer = get_optimizer_state_dict(self.module, self.optimizer, options=TO_SAVE)
         if self.rank == 0:
             checkpoint.write(Path(directory), weights, optimizer, self.scheduler.state_dict(), self.state,
                              self.provenance)
+
+    def _gathered_weights(self, what: str) -> dict:
+        """The full trainable state dict, gathered on rank 0 (empty elsewhere; collective), refused when not
+        finite."""
+        weights = get_model_state_dict(self.module, options=TO_SAVE)
+        checkpoint.check_finite(weights, what)
+        return weights
 
     def load(self, directory: Path) -> None:
         """Weights, optimizer, scheduler and TrainState of an intact checkpoint; raises (loading nothing of it)
@@ -229,7 +248,7 @@ class Recipe:
         config and the provenance. Rank 0 writes it from the gathered state dict into a weightless copy of the model
         (meta device), so DDP and FSDP runs export alike and no second base model is built. Every rank must call
         it."""
-        weights = get_model_state_dict(self.module, options=TO_SAVE)
+        weights = self._gathered_weights(f"export to {final}")
         if self.rank != 0:
             return
         skeleton = TrainingLoss(build_skeleton(self.cfg, self.dims))

@@ -1,6 +1,6 @@
 """NVDEC (pipelines/nvdec.py) against PyAV, on a GPU: the same frames, bit for bit in NV12, at the same true times,
 and through the job the same times and near-equal tokens. Skipped without a GPU and PyNvVideoCodec (run on the
-device: benchmarks/gpu_materialize.sh test)."""
+device: benchmarks/gpu_tests.sh)."""
 from functools import partial
 
 import av
