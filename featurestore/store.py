@@ -9,7 +9,9 @@ Layout:
         removing/<gc run>.json                       a gc run is removing the version (FeatureStore._remove)
 
 Readers build their index from commit records only, so a part whose writer died is never seen. If an item was
-committed twice (a writer kept writing after its lease expired and another took over), the earliest commit wins.
+committed twice (a writer kept writing after its lease expired and another took over), the earliest commit wins,
+unless a later commit record lists the item under "supersedes" (its source changed): from that record on, the item
+is what that record says (its rows, or its failure).
 A version directory without a readable definition is skipped by readers and reported by `damage()`.
 Objects hold only the URL/options and lazily built caches that are not pickled: safe to ship to Ray tasks."""
 import os
@@ -87,6 +89,7 @@ class _Index:
     records: list[dict]  # commit records, oldest first
     rows: dict[str, tuple[str, int, int]]  # item -> (part id, first row, end row)
     failed: dict[str, str]  # item -> latest reason, only items with no committed rows
+    sources: dict[str, dict | None]  # committed item -> what its rows were made from (None: not recorded)
 
 
 class _Cached:
@@ -347,12 +350,17 @@ class Version(_Cached):
         if self._index is None or fresh:
             records = [self._commit_record(name) for name in self._commit_names()]
             records.sort(key=lambda r: (r["created"], r["id"]))
-            rows, failed = {}, {}
+            rows, failed, sources = {}, {}, {}
             for record in records:
+                for item in record.get("supersedes", ()):
+                    rows.pop(item, None)
                 for item, (r0, r1) in record["items"].items():
-                    rows.setdefault(item, (record["id"], r0, r1))
+                    if item not in rows:
+                        rows[item] = (record["id"], r0, r1)
+                        sources[item] = record.get("sources", {}).get(item)
                 failed.update(record["failed"])
-            self._index = _Index(records, rows, {k: v for k, v in failed.items() if k not in rows})
+            self._index = _Index(records, rows, {k: v for k, v in failed.items() if k not in rows},
+                                 {k: sources[k] for k in rows})
         return self._index
 
     def _commit_record(self, name: str) -> dict:
@@ -374,6 +382,10 @@ class Version(_Cached):
 
     def items(self) -> list[str]:
         return sorted(self.index().rows)
+
+    def sources(self) -> dict[str, dict | None]:
+        """Committed item -> the source identity its writer recorded (PartWriter.add), None when none was."""
+        return dict(self.index().sources)
 
     def failures(self) -> dict[str, str]:
         return dict(self.index().failed)
@@ -471,11 +483,12 @@ class Version(_Cached):
 
     # ---- writing ----
 
-    def claim(self, video_ids, owner: str, lease_s: float = 600) -> list[str]:
-        """The ids `owner` may write now: not committed, and not claimed by another owner whose lease is live."""
+    def claim(self, video_ids, owner: str, lease_s: float = 600, again=()) -> list[str]:
+        """The ids `owner` may write now: not committed (or in `again`: committed, to be written again, e.g. from a
+        changed source, or released after their commit), and not claimed by another owner whose lease is live."""
         self.check_alive()
         committed = self.index(fresh=True).rows
-        todo = [v for v in video_ids if v not in committed]
+        todo = [v for v in video_ids if v not in committed or v in again]
         granted = claims.claim(self.store.files, f"{self.path}/claims", todo, owner, lease_s)
         if granted:
             self.check_alive()  # a gc run that marked the version meanwhile may not have seen these claims

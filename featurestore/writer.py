@@ -33,7 +33,9 @@ class PartTarget(Protocol):
 class PartWriter:
     """Use as a context manager: commits on clean exit; on an exception nothing becomes visible.
     The writer does not check what is already committed: take items with `Version.claim` first (it skips committed
-    ones). An item committed twice is served from its earliest commit.
+    ones). An item committed twice is served from its earliest commit, unless the later commit `supersedes` it
+    (its source changed: `Version.claim(..., again=...)` takes it back); `source` records what the item was
+    made from (Version.sources).
 
     Input rules (checked in `add`, before anything is buffered, so a caller may catch the FeatureError, record it
     with `fail` and go on):
@@ -59,6 +61,8 @@ class PartWriter:
         self._rows = 0  # rows added so far, flushed or pending
         self._items: dict[str, tuple[int, int]] = {}
         self._failed: dict[str, str] = {}
+        self._sources: dict[str, dict] = {}
+        self._supersedes: list[str] = []
         self._checksums: dict[str, list[str]] = {name: [] for name in self._schema.row_arrays()}
         self._committed = False
         self._heartbeat = 0.0
@@ -70,9 +74,11 @@ class PartWriter:
         if exc_type is None:
             self.commit()
 
-    def add(self, video_id: str, tokens, t_start, t_end, **extras) -> None:
+    def add(self, video_id: str, tokens, t_start, t_end, source: dict | None = None, supersedes: bool = False,
+            **extras) -> None:
         self._check_new_id(video_id)
         rows = self._validated(video_id, tokens, t_start, t_end, extras)
+        self._note(video_id, source, supersedes)
         n = len(rows["tokens"])
         for name, values in rows.items():
             self._pending[name].append(values)
@@ -85,11 +91,19 @@ class PartWriter:
             self._heartbeat = time.time()
             self._group.attrs["heartbeat"] = self._heartbeat
 
-    def fail(self, video_id: str, reason: str) -> None:
+    def fail(self, video_id: str, reason: str, supersedes: bool = False) -> None:
+        """A failure that `supersedes` an item also withdraws its earlier rows (they were made from another source)."""
         self._check_new_id(video_id)
         if not reason:
             raise FeatureError(f"item {video_id!r}: a failure needs a reason")
         self._failed[video_id] = str(reason)
+        self._note(video_id, None, supersedes)
+
+    def _note(self, video_id: str, source: dict | None, supersedes: bool) -> None:
+        if source is not None:
+            self._sources[video_id] = source
+        if supersedes:
+            self._supersedes.append(video_id)
 
     def commit(self) -> dict:
         """Write the remaining rows and the commit record; returns the record ({} when nothing was added)."""
@@ -112,6 +126,8 @@ class PartWriter:
             "items": {video_id: list(span) for video_id, span in self._items.items()},
             "failed": self._failed,
             "checksums": self._checksums,
+            "sources": self._sources,
+            "supersedes": self._supersedes,
         }
         self.version.publish(record)
         return record
