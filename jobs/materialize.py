@@ -81,15 +81,21 @@ def run(args) -> int:
     import sys
 
     from jobs.ray_runtime import init_ray, output_path
-    from pipelines.materialize import MODALITIES, Resources, Settings, actor_gpus, decode_on_gpus, materialize
-    from pipelines.sources import read_items
+    from pipelines.materialize import (MODALITIES, Resources, Settings, actor_gpus, check_settings, decode_on_gpus,
+                                       materialize)
+    from pipelines.sources import read_items, unlisted_files
 
     store = output_path(args.store, "--store", urls=True)
+    if os.path.isfile(store):
+        raise SystemExit(f"--store {store}: a file, not a feature store; give a folder (new, or a store to add to)")
     encoder_paths = _encoder_paths(args.encoder_path)
     unknown = (set(args.modalities) | set(encoder_paths)) - set(MODALITIES)
     if unknown:
         raise SystemExit(f"pave materialize: unknown modalities {sorted(unknown)}; known: {','.join(MODALITIES)}")
-    concurrency = tuple(int(n) for n in args.concurrency.split(","))
+    try:
+        concurrency = tuple(int(n) for n in args.concurrency.split(","))
+    except ValueError:
+        raise SystemExit(f"--concurrency {args.concurrency!r}: expected a number N or a range MIN,MAX") from None
     settings = Settings(frames=args.frames, video_tokens=args.video_tokens, hfr_fps=args.hfr_fps,
                         grid_3d=args.grid_3d, dtype=args.dtype, vision_layer=args.vision_layer,
                         encoder_dtype=args.encoder_dtype, resize=args.resize)
@@ -97,6 +103,10 @@ def run(args) -> int:
                           concurrency=concurrency[0] if len(concurrency) == 1 else concurrency,
                           num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s,
                           decoder=args.decoder)
+    try:
+        check_settings(settings, resources)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     ray = init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = True
     gpus = actor_gpus(resources)
@@ -112,6 +122,7 @@ def run(args) -> int:
               "for GPU nodes to join", file=sys.stderr)
     summary = materialize(read_items(args.input, args.root), store, args.modalities,
                           encoder_paths, settings, resources, owner=args.owner)
+    summary.notes += [line for line in [unlisted_files(args.input)] if line]
     print(summary.table())
     if args.summary_json:
         with open(args.summary_json, "w") as f:

@@ -23,6 +23,7 @@ Modalities (what each row of the store holds):
 - 3d:    each posed RGB-D view -> world points -> grid x grid patches -> point tokens; t = the view's time;
          extras `pose` (camera-to-world [4,4] f64), `xyz` (patch mean world xyz [P,3] f32), `coverage` ([P] f32).
 Every time is seconds on the main video's presentation timeline (pts x time_base, as PyAV reports it)."""
+import errno
 import json
 import re
 import time
@@ -40,6 +41,7 @@ from featurestore import FeatureError, FeatureStore, TokenSchema, Version, finge
 from .audio import AudioWindows
 from .encoders import Encode, InputSpec, audio_encoder, point_encoder, vision_encoder, weights_digest
 from .geometry import view_patches
+from .identity import identity, unchanged
 from .media import (DECODE_ERRORS, RESIZES, ItemError, gpu_decode_plan, rate_frames, read_audio, read_frames,
                     uniform_frames)
 from .nvdec import installed as nvdec_installed
@@ -51,7 +53,15 @@ TRANSFORM_VERSION = "2"
 # our own code, any error of an encoder) is a bug: it stops the job with its traceback instead of failing every item.
 INPUT_ERRORS = (ItemError, *DECODE_ERRORS, zipfile.BadZipFile)
 ALREADY_COMMITTED = "already committed"
+# A committed item stored before source identities were recorded: kept, since a change cannot be told.
+UNRECORDED = "already committed, with no source identity recorded (stored by an older version): kept unchecked"
+SOURCE_CHANGED = "its source changed since it was stored"
 CLAIMED = "claimed by another writer, or committed meanwhile"
+# The store's disk refusing writes (full, read-only, no permission) stops the job with that error. Raised inside a
+# Ray task it would reach the driver wrapped in Ray Data's UserCodeException, which drops it, so the tasks hand it
+# over as a "stopped" status row and the driver raises it again (jobs/cli.py prints it in one line).
+STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+STOPPED = "stopped"
 DECODERS = ("auto", "nvdec", "pyav")
 ENCODER_DTYPES = ("float32", "bfloat16")
 
@@ -99,16 +109,21 @@ class Prepared:
     plan: dict | None = None  # frames for the encoder actor to decode (pipelines/nvdec.py); inputs are then empty
 
 
+def _video_bytes(item: dict) -> bytes | None:
+    value = item["video_bytes"]
+    return value if isinstance(value, bytes) else None  # Ray Data hands a column of None over as NaN
+
+
 def _video_source(item: dict) -> str:
-    return item["video"] or ("video bytes" if item["video_bytes"] is not None else "no video")
+    return item["video"] or ("video bytes" if _video_bytes(item) is not None else "no video")
 
 
 def _video(item: dict):
     if item["video"]:
         return item["video"]
-    if item["video_bytes"] is None:
+    if _video_bytes(item) is None:
         raise ItemError("the item has no video")
-    return item["video_bytes"]
+    return _video_bytes(item)
 
 
 def prepare_video(item: dict, settings: Settings, inputs: InputSpec, gpu_decode: bool = False) -> Prepared:
@@ -186,6 +201,7 @@ class Modality:
     extras: Callable = lambda settings: {}  # Settings -> {name: (trailing shape, numpy dtype)}
     missing: Callable = lambda item: ""  # why the item has no input for this modality ("" when it has one)
     source: Callable = _video_source  # what prepare reads, named in failure reasons
+    inputs: Callable = lambda item: [_video(item)]  # the files (or bytes) prepare reads, for their identity
     gpu_decodable: bool = False  # prepare takes gpu_decode (see prepare_video)
 
     def schema_and_fingerprint(self, settings: Settings, encoder):
@@ -221,13 +237,13 @@ MODALITIES = {
                     lambda s: {"frames_per_view": s.frames, "resize": s.resize}, "frame",
                     extras=lambda s: {"view": ((), "int32")},
                     missing=lambda item: "" if json.loads(item["exo"]) else "no exo views listed",
-                    source=lambda item: "exo views"),
+                    source=lambda item: "exo views", inputs=lambda item: [v["path"] for v in json.loads(item["exo"])]),
     "3d": Modality("3d", lambda path, s: point_encoder(path, s.grid_3d, s.seed), prepare_3d,
                    lambda s: {"grid": s.grid_3d}, "frame",
                    extras=lambda s: {"pose": ((4, 4), "float64"), "xyz": ((s.grid_3d**2, 3), "float32"),
                                      "coverage": ((s.grid_3d**2,), "float32")},
                    missing=lambda item: "" if item["rgbd"] else "no rgbd input listed",
-                   source=lambda item: item["rgbd"]),
+                   source=lambda item: item["rgbd"], inputs=lambda item: [item["rgbd"]]),
 }
 
 
@@ -235,65 +251,107 @@ def _rows(batch: dict) -> list[dict]:
     return [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
+def stored_reason(item: dict, modality: Modality, recorded: list[dict] | None) -> str:
+    """Why a committed item is skipped, or SOURCE_CHANGED when its source is no longer the one it was made from."""
+    if recorded is None:
+        return UNRECORDED
+    try:
+        return ALREADY_COMMITTED if unchanged(recorded, modality.inputs(item)) else SOURCE_CHANGED
+    except (OSError, ItemError):  # the source is gone or unreadable now: what is stored stays, as before
+        return ALREADY_COMMITTED
+
+
 def prepare_batch(batch: dict, modality: Modality, settings: Settings, inputs: InputSpec, version: Version,
-                  owner: str, lease_s: float, done: frozenset, gpu_decode: bool = False) -> dict:
+                  owner: str, lease_s: float, done: dict, gpu_decode: bool = False) -> dict:
     """Ray Data task: status rows for a batch of items, with the encoder inputs (or decode plans) of those this job
-    now owns."""
+    now owns. `done`: committed item -> its recorded source identity (None: not recorded); a committed item whose
+    source changed is encoded again, and its new commit supersedes the old one."""
     options = {"gpu_decode": True} if gpu_decode and modality.gpu_decodable else {}
     items = _rows(batch)
-    skip = [ALREADY_COMMITTED if item["id"] in done else modality.missing(item) for item in items]
+    skip = [modality.missing(item) if item["id"] not in done or item["problem"]
+            else stored_reason(item, modality, done[item["id"]]) for item in items]
+    changed = {item["id"] for item, reason in zip(items, skip) if reason == SOURCE_CHANGED}
+    skip = ["" if reason == SOURCE_CHANGED else reason for reason in skip]
     wanted = [item["id"] for item, reason in zip(items, skip) if not item["problem"] and not reason]
-    granted = set(version.claim(wanted, owner, lease_s)) if wanted else set()
+    try:
+        granted = set(version.claim(wanted, owner, lease_s, again=changed)) if wanted else set()
+    except OSError as e:
+        if e.errno not in STORE_ERRNOS:
+            raise
+        granted, skip = set(), [_stopped(e)] * len(items)
     empty_extras = {name: np.zeros((0, *shape), dtype) for name, (shape, dtype) in version.schema.extras.items()}
     rows = []
     for item, reason in zip(items, skip):
-        video_id, status = item["id"], "skipped"
+        video_id, status, source = item["id"], "skipped", ""
         prepared = Prepared(inputs.empty(), np.zeros(0), np.zeros(0), empty_extras)
         started = time.perf_counter()
-        if item["problem"]:  # a bad id, or an id of several inputs (sources.py): fails whatever the store holds
+        if reason.startswith(STOPPED):
+            status = STOPPED
+        elif item["problem"]:  # a bad id, or an id of several inputs (sources.py): fails whatever the store holds
             status, reason = "failed", item["problem"]
         elif not reason and video_id not in granted:
             reason = CLAIMED
         elif not reason:
-            try:
+            try:  # the identity first: a change while it is read makes the next run encode it again
+                source = json.dumps([identity(s) for s in modality.inputs(item)])
                 prepared, status = modality.prepare(item, settings, inputs, **options), "todo"
+                reason = SOURCE_CHANGED if video_id in changed else ""
             except INPUT_ERRORS as e:
                 status, reason = "failed", f"{modality.name} of {video_id!r} ({modality.source(item)}): {e}"
+                if video_id in changed:
+                    reason += f"; {SOURCE_CHANGED}, and the rows stored from its earlier source are withdrawn"
         if prepared.plan:  # named as prepare names a failing item, for a failure in the actor
             prepared.plan["item"] = f"{modality.name} of {video_id!r} ({modality.source(item)})"
         rows.append({"id": video_id, "status": status, "reason": reason, "inputs": prepared.inputs,
+                     "source": source, "supersedes": video_id in changed and video_id in granted,
                      "plan": json.dumps(prepared.plan) if prepared.plan else "",
                      "t_start": prepared.t_start, "t_end": prepared.t_end, "decode_s": time.perf_counter() - started,
                      **{f"x_{name}": prepared.extras[name] for name in empty_extras}})
-    columns = ["id", "status", "reason", "inputs", "plan", "t_start", "t_end", "decode_s",
+    columns = ["id", "status", "reason", "inputs", "source", "supersedes", "plan", "t_start", "t_end", "decode_s",
                *(f"x_{name}" for name in empty_extras)]
     return {key: [row[key] for row in rows] for key in columns}
+
+
+def _stopped(e: OSError) -> str:
+    """The reason of a "stopped" status row: the store's error, for the driver to raise again."""
+    return f"{STOPPED} {json.dumps([e.errno, e.strerror, e.filename])}"
 
 
 def write_part(batch: dict, version: Version, owner: str) -> dict:
     """Ray Data task: the batch's finished items as one part (and its failures), then one status row per item."""
     status, reason = list(batch["status"]), list(batch["reason"])
+    try:
+        _write(batch, version, owner, status, reason)
+    except OSError as e:
+        if e.errno not in STORE_ERRNOS:
+            raise
+        status, reason = [STOPPED] * len(status), [_stopped(e)] * len(status)
+    return {"id": batch["id"], "status": np.array(status), "reason": np.array(reason),
+            "decode_s": batch["decode_s"], "encode_s": batch["encode_s"]}
+
+
+def _write(batch: dict, version: Version, owner: str, status: list, reason: list) -> None:
+    """write_part's writing; sets each item's `status` and `reason` as it goes."""
     with version.writer(owner) as writer:
         recorded = set()  # the rows of a duplicate id fail with one reason, recorded once
         for k, row in enumerate(_rows(batch)):
             if status[k] == "todo":
                 extras = {name: row[f"x_{name}"] for name in version.schema.extras}
                 try:
-                    writer.add(row["id"], row["tokens"], row["t_start"], row["t_end"], **extras)
+                    writer.add(row["id"], row["tokens"], row["t_start"], row["t_end"], source=json.loads(row["source"]),
+                               supersedes=bool(row["supersedes"]), **extras)
                     status[k] = "ok"
                 except FeatureError as e:  # e.g. non-finite tokens: the item fails, its batch goes on
                     status[k], reason[k] = "failed", str(e)
             # An id that breaks the id rule cannot be recorded in the store: the summary alone reports it.
             if status[k] == "failed" and row["id"] not in recorded and not id_problem(row["id"]):
-                writer.fail(row["id"], reason[k])
+                writer.fail(row["id"], reason[k], supersedes=bool(row["supersedes"]))
                 recorded.add(row["id"])
-    # A failed item is not done: hand its claim back (a zero lease) so that the next run, whoever runs it, retries
-    # it at once. Committed items need no release: the commit record outranks any claim.
-    failed = [video_id for video_id, s in zip(batch["id"], status) if s == "failed"]
-    if failed:
-        version.claim(failed, owner, lease_s=0)
-    return {"id": batch["id"], "status": np.array(status), "reason": np.array(reason),
-            "decode_s": batch["decode_s"], "encode_s": batch["encode_s"]}
+    # Hand the claims back (a zero lease): a failed item is not done, so that the next run, whoever runs it, retries
+    # it at once; a committed one, so that a run that finds its source changed may take it at once.
+    written = [video_id for video_id, s in zip(batch["id"], status) if s in ("ok", "failed")]
+    if written:
+        version.claim(written, owner, lease_s=0, again=written)
 
 
 def materialize_modality(items: ray.data.Dataset, modality: Modality, encoder_path: str | None, store: FeatureStore,
@@ -309,7 +367,7 @@ def materialize_modality(items: ray.data.Dataset, modality: Modality, encoder_pa
     build = partial(modality.encoder, encoder_path, settings)
     encoder = build()
     version = store.create_version(*modality.schema_and_fingerprint(settings, encoder))
-    done = frozenset(version.committed_items())  # resume: items done before are skipped without decoding
+    done = version.sources()  # resume: items done before are skipped without decoding, unless their source changed
     return version, (
         items.map_batches(
             prepare_batch, batch_size=resources.prepare_batch,
@@ -349,11 +407,24 @@ def decode_on_gpus(settings: Settings, resources: Resources, num_gpus: float) ->
     return resources.decoder == "auto" and settings.resize == "torch-bicubic" and bool(num_gpus) and nvdec_installed()
 
 
-def check_choices(settings: Settings, resources: Resources) -> None:
+def check_settings(settings: Settings, resources: Resources) -> None:
+    """ValueError naming the first setting that cannot run (as its command-line flag is spelled)."""
     for name, value, known in (("resize", settings.resize, RESIZES), ("decoder", resources.decoder, DECODERS),
                                ("encoder_dtype", settings.encoder_dtype, ENCODER_DTYPES)):
         if value not in known:
             raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
+    concurrency = resources.concurrency if isinstance(resources.concurrency, tuple) else (resources.concurrency,)
+    counts = {"frames": settings.frames, "grid-3d": settings.grid_3d, "batch-size": resources.batch_size,
+              "part-items": resources.part_items, "prepare-batch": resources.prepare_batch,
+              "concurrency": min(concurrency)}
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    for name, value in (("hfr-fps", settings.hfr_fps), ("lease-s", resources.lease_s)):
+        if not value > 0:
+            raise ValueError(f"{name} must be above 0, got {value:g}")
+    if len(concurrency) == 2 and concurrency[0] > concurrency[1]:
+        raise ValueError(f"concurrency {concurrency[0]},{concurrency[1]}: the minimum is above the maximum")
 
 
 def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
@@ -371,6 +442,9 @@ class Summary:
     held: dict[str, int] = field(default_factory=dict)  # modality -> items skipped as committed before or claimed
     # modality -> {"seconds": the job's wall time, "decode_s" / "encode_s": summed over its tasks / actors}
     timing: dict[str, dict[str, float]] = field(default_factory=dict)
+    changed: dict[str, list[str]] = field(default_factory=dict)  # modality -> items re-encoded: their source changed
+    unrecorded: dict[str, int] = field(default_factory=dict)  # modality -> committed items kept with no identity
+    notes: list[str] = field(default_factory=list)  # about the input as a whole (files a folder input does not read)
 
     def stored_nothing(self) -> list[str]:
         """Modalities of which this job stored no item while none was done before or by another job."""
@@ -396,13 +470,24 @@ class Summary:
             for video_id, reason in sorted(failed.items()):
                 groups.setdefault(failure_kind(video_id, reason), []).append(video_id)
             for kind, ids in sorted(groups.items(), key=lambda group: -len(group[1])):
-                shown = ", ".join(ids[:FAILED_IDS_SHOWN]) + (", ..." if len(ids) > FAILED_IDS_SHOWN else "")
-                lines.append(f"FAILED {name} x{len(ids)}: {kind}  [{shown}]")
+                lines.append(f"FAILED {name} x{len(ids)}: {kind}  [{_shown(ids)}]")
+        for name, ids in self.changed.items():
+            if ids:
+                lines.append(f"RE-ENCODED {name} x{len(ids)}: {SOURCE_CHANGED}  [{_shown(sorted(ids))}]")
+        for name, n in self.unrecorded.items():
+            if n:
+                lines.append(f"note: {name}: {n} item(s) stored before source identities were recorded are kept "
+                             "unchecked (a change of their source cannot be seen)")
         lines += [f"NOTHING STORED for {name}: no item gave {name} tokens" for name in self.stored_nothing()]
+        lines += self.notes
         return "\n".join(lines + [f"{self.seconds:.1f}s"])
 
 
 FAILED_IDS_SHOWN = 8  # per reason in the table; --summary-json has every item with its own reason
+
+
+def _shown(ids: list[str]) -> str:
+    return ", ".join(ids[:FAILED_IDS_SHOWN]) + (", ..." if len(ids) > FAILED_IDS_SHOWN else "")
 
 
 def failure_kind(video_id: str, reason: str) -> str:
@@ -431,26 +516,31 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; known: {list(MODALITIES)}")
-    check_choices(settings, resources)
+    check_settings(settings, resources)
     encoder_paths = encoder_paths or {}
     store, owner = FeatureStore(store_url), owner or f"materialize-{uuid.uuid4().hex[:12]}"
     num_gpus = actor_gpus(resources)
     gpu_decode = decode_on_gpus(settings, resources, num_gpus)
-    counts, failures, versions, held, timing = {}, {}, {}, {}, {}
+    counts, failures, versions, held, timing, changed, unrecorded = {}, {}, {}, {}, {}, {}, {}
     for name in modalities:
         started = time.perf_counter()
         version, rows = materialize_modality(items, MODALITIES[name], encoder_paths.get(name), store, settings,
                                              resources, owner, num_gpus, gpu_decode)
         versions[name] = version.fingerprint.id
         counts[name] = {"ok": 0, "failed": 0, "skipped": 0}
-        failures[name], held[name] = {}, 0
+        failures[name], held[name], changed[name], unrecorded[name] = {}, 0, [], 0
         timing[name] = {"decode_s": 0.0, "encode_s": 0.0}
         try:
             for row in rows.iter_rows():
+                if row["status"] == STOPPED:
+                    raise OSError(*json.loads(row["reason"][len(STOPPED):]))
                 counts[name][row["status"]] += 1
                 timing[name]["decode_s"] += row["decode_s"]
                 timing[name]["encode_s"] += row["encode_s"]
-                held[name] += row["reason"] in (ALREADY_COMMITTED, CLAIMED)
+                held[name] += row["reason"] in (ALREADY_COMMITTED, UNRECORDED, CLAIMED)
+                unrecorded[name] += row["reason"] == UNRECORDED
+                if row["status"] == "ok" and row["reason"] == SOURCE_CHANGED:
+                    changed[name].append(row["id"])
                 if row["status"] == "failed":
                     failures[name][row["id"]] = row["reason"]
         except BaseException:
@@ -459,4 +549,4 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
             version.release(owner)
             raise
         timing[name]["seconds"] = time.perf_counter() - started
-    return Summary(counts, failures, versions, time.perf_counter() - start, held, timing)
+    return Summary(counts, failures, versions, time.perf_counter() - start, held, timing, changed, unrecorded)

@@ -1,9 +1,11 @@
 """Inputs of a materialization job as one Ray Dataset of items, whatever the source:
 
-- a directory of video files (its top level; the id is the file name without its suffix),
+- a directory of video files (its top level; the id is the file name without its suffix; unlisted_files names the
+  files it does not read),
 - a JSONL manifest, one item a line: {"id", "video", "exo": [{"view", "path", "offset_s"}], "rgbd"} with paths
   relative to the manifest's directory (the synthetic corpus's manifest.jsonl is one); "video" is a video file or
-  a folder of frames (the 3D tasks' manifests: pipelines/media.py reads it at one frame per second),
+  a folder of frames (the 3D tasks' manifests: pipelines/media.py reads it at one frame per second); a row with
+  other keys, or without an id or an input, is an item whose problem names its line,
 - WebDataset tar shards (a .tar file or a directory of them): the video is the sample's video member, the rest of
   the item comes from its `json` member (a manifest row), whose paths are relative to `root` (default: the
   directory above the shards', the corpus layout).
@@ -18,14 +20,17 @@ import json
 import os
 import re
 import tarfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import ray
 
 from featurestore import ID_RULE, id_problem
 
-VIDEO_SUFFIXES = ("mp4", "mkv", "webm", "mov", "avi")
+VIDEO_SUFFIXES = ("mp4", "mkv", "webm", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "m2ts", "mts", "3gp", "flv", "wmv",
+                  "ogv")  # containers FFmpeg (PyAV) reads
+MANIFEST_ROW = ('{"id", "video", "exo": [{"view", "path", "offset_s"}], "rgbd"}, with an id and at least one of '
+                'video, exo, rgbd')
 # WebDataset's sample key of a tar member: its path up to the first "." of the file name (ray.data.read_webdataset
 # groups members by it).
 WEBDATASET_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -58,7 +63,7 @@ def read_items(source: str, root: str | None = None) -> ray.data.Dataset:
     path = Path(source)
     if path.suffix in (".jsonl", ".json"):
         base = root or str(path.parent)
-        return _listed([_manifest_item(row, base, f"{path} line {n}") for n, row in _manifest_rows(path)])
+        return _listed([_manifest_item(row, base, f"{path.resolve()} line {n}") for n, row in _manifest_rows(path)])
     tars = [path] if path.suffix == ".tar" else sorted(path.glob("*.tar")) if path.is_dir() else []
     if tars:
         base = root or str(tars[0].parent.parent)
@@ -66,18 +71,40 @@ def read_items(source: str, root: str | None = None) -> ray.data.Dataset:
         return ray.data.read_webdataset([str(t) for t in tars]).map(
             _webdataset_item, fn_kwargs={"base": base, "duplicates": duplicates})
     if path.is_dir():
-        videos = sorted(str(p) for p in path.iterdir() if p.suffix.lstrip(".").lower() in VIDEO_SUFFIXES)
+        videos = sorted(str(p) for p in path.iterdir() if _is_video(p))
         if not videos:
-            raise SourceError(f"{source}: no video files ({', '.join(VIDEO_SUFFIXES)}) and no .tar shards")
+            raise SourceError(f"{source}: no video files ({', '.join(VIDEO_SUFFIXES)}) and no .tar shards"
+                              + (f"; {unlisted_files(source)}" if unlisted_files(source) else ""))
         return _listed([_item(Path(v).stem, v, video=v) for v in videos])
     raise SourceError(f"{source}: not a directory of videos or tar shards, a .tar, or a .jsonl manifest")
 
 
-def _item(video_id: str, source: str, video: str = "", video_bytes: bytes | None = None, exo=(), rgbd: str = "") \
-        -> dict:
-    problem = id_problem(video_id)
+def _is_video(path: Path) -> bool:
+    return path.suffix.lstrip(".").lower() in VIDEO_SUFFIXES and path.is_file()
+
+
+def unlisted_files(source: str) -> str:
+    """For a directory of videos: one line naming the files it holds that are not read as videos, by suffix; "" when
+    there are none (or `source` is another kind of input)."""
+    path = Path(source)
+    if not path.is_dir() or path.suffix == ".tar" or any(path.glob("*.tar")):
+        return ""
+    others = sorted(p.name for p in path.iterdir() if p.is_file() and not _is_video(p))
+    if not others:
+        return ""
+    suffixes = Counter(Path(name).suffix.lower() or "(none)" for name in others)
+    kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(suffixes.items()))
+    names = ", ".join(others[:8]) + (", ..." if len(others) > 8 else "")
+    return (f"not read: {len(others)} file(s) in {source} that are not videos by their suffix ({kinds}: {names}); "
+            f"videos are {', '.join(VIDEO_SUFFIXES)}")
+
+
+def _item(video_id: str, source: str, video: str = "", video_bytes: bytes | None = None, exo=(), rgbd: str = "",
+          problem: str = "") -> dict:
+    if not problem and (bad_id := id_problem(video_id)):
+        problem = f"{source}: id {video_id!r} {bad_id}; an item id is {ID_RULE}"
     return {"id": video_id, "source": source, "video": video, "video_bytes": video_bytes, "exo": json.dumps(list(exo)),
-            "rgbd": rgbd, "problem": f"{source}: id {video_id!r} {problem}; an item id is {ID_RULE}" if problem else ""}
+            "rgbd": rgbd, "problem": problem}
 
 
 def _flag_duplicate(item: dict, duplicates: dict[str, str]) -> dict:
@@ -124,10 +151,31 @@ def _side_inputs(row: dict, base: str) -> dict:
     return {"exo": exo, "rgbd": _resolve(base, row.get("rgbd"))}
 
 
-def _manifest_item(row: dict, base: str, source: str) -> dict:
-    video_id = row.get("id")
-    return _item("" if video_id is None else str(video_id), source, video=_resolve(base, row.get("video")),
-                 **_side_inputs(row, base))
+def _manifest_item(row, base: str, source: str) -> dict:
+    if problem := _row_problem(row):
+        # Without an id the item is named by its line (an absolute path: no store id, so never recorded there).
+        video_id = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else source
+        return _item(video_id, source, problem=f"{source}: {problem}; a manifest row is {MANIFEST_ROW}")
+    return _item(str(row["id"]), source, video=_resolve(base, row.get("video")), **_side_inputs(row, base))
+
+
+def _row_problem(row) -> str:
+    if not isinstance(row, dict):
+        return f"{type(row).__name__}, not an object"
+    if unknown := sorted(set(row) - {"id", "video", "exo", "rgbd"}):
+        return f"unknown key(s) {', '.join(map(repr, unknown))}"
+    if row.get("id") is None:
+        return "no 'id'"
+    if not any(row.get(key) for key in ("video", "exo", "rgbd")):
+        return "no input ('video', 'exo' or 'rgbd')"
+    for key in ("video", "rgbd"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            return f"{key!r} is {row[key]!r}, not a path"
+    exo = row.get("exo") or []
+    if not isinstance(exo, list) or not all(isinstance(v, dict) and isinstance(v.get("path"), str)
+                                            and {"view", "offset_s"} <= set(v) for v in exo):
+        return "'exo' is not a list of {\"view\", \"path\", \"offset_s\"}"
+    return ""
 
 
 def _webdataset_item(sample: dict, base: str, duplicates: dict[str, str]) -> dict:

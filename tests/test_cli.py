@@ -21,15 +21,33 @@ HURRIED = {  # a typo'd command -> what its one line must say
     "import-checkpoint {tmp} --out {tmp}/out --base-model {tmp} --side audio": "no config.json there",
     "make-corpus {tmp} --videos 2": "not empty",
     "make-corpus {tmp}/new --videos 2 --workers 0": "pave make-corpus: workers must be at least 1, got 0",
-    "materialize --input {tmp} --store {tmp}/store": "pave materialize: {tmp}: no video files (mp4, mkv, webm, mov, avi)",
+    "materialize --input {tmp} --store {tmp}/store": "pave materialize: {tmp}: no video files (mp4, mkv, webm, mov, avi, m4v,",
     "store verify {tmp}/typo": "pave store verify: {tmp}/typo: no feature store there; check the path",
     "materialize --input {tmp} --store {tmp}/store --modalities vidoe": "unknown modalities ['vidoe']",
+    "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --lr inf":
+        "pave train: --optim.lr must be a positive finite number, got inf",
+    "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --optim.grad-clip nan":
+        "pave train: --optim.grad-clip must be a positive finite number, got nan",
+    "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --optim.weight-decay -1":
+        "pave train: --optim.weight-decay must be a finite number, 0 or more, got -1.0",
+    "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --batch-size 0":
+        "pave train: --data.batch-size must be at least 1, got 0",
+    "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --data.prefetch-batches 0":
+        "pave train: --data.prefetch-batches must be at least 1, got 0",
+    # --out that is an existing file
+    "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/something --tiny-base":
+        "pave train: {tmp}/something: a file is in the way of a directory there; give a directory path, or move the "
+        "file",
+    "eval --annotations {tmp}/a.json --out {tmp}/something": "pave eval: {tmp}/something: a file is in the way",
+    "report {tmp}/eval --out {tmp}/something/page": "pave report: {tmp}/something/page: a file is in the way",
 }
 
 
 @pytest.mark.parametrize("command", list(HURRIED))
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, command):
     (tmp_path / "something").write_text("x")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "report.json").write_text("{}")  # an evaluation, for `pave report`
     result = subprocess.run([sys.executable, "-m", "jobs.cli", *command.format(tmp=tmp_path).split()],
                             capture_output=True, text=True, timeout=120)
     ray_log = re.compile(r"\d{4}-\d\d-\d\d [\d:,]+\t(INFO|WARNING) ")  # Ray's own lines when a command starts it
