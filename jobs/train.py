@@ -3,12 +3,14 @@ The command line is the run config's (training/config.py: `--config FILE` plus `
 flags as aliases); the training itself is training/. Outputs in --out: run_config.yaml, ray/ (Ray Train run:
 checkpoints, data_order/), final/ (peft adapter + patches + run_config.yaml + provenance.json: what it was trained
 on, training/provenance.py), metrics.jsonl, loss_curve.png."""
+import sys
 import time
 from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
     from jobs.ray_runtime import base_model_path, init_ray, output_path
+    from training.checkpoint import NonFiniteError
     from training.config import parse
     from training.launch import fit
 
@@ -22,7 +24,11 @@ def main(argv: list[str]) -> int:
     if cfg.model.base:
         cfg.model.base = base_model_path(output_path(cfg.model.base, "--base-model"))
     init_ray()
-    final = fit(cfg)
+    try:
+        final = fit(cfg)
+    except NonFiniteError as err:  # not bad input (exit 2): the run itself diverged
+        print(f"pave train: {err}", file=sys.stderr)
+        return 1
     print(f"trained {cfg.optim.steps} steps in {time.perf_counter() - started:.0f} s -> {final}")
     print(f"loss curve: {Path(cfg.out) / 'loss_curve.png'}")
     return 0

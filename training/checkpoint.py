@@ -32,6 +32,19 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # the metrics windows so far
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or infinite loss, gradient or weight; the message names the step or the tensor."""
+
+
+def check_finite(weights: dict, what: str) -> None:
+    """Raise NonFiniteError naming the first trainable tensor with a NaN or infinite value: such weights are never
+    written, so neither a resume nor the export starts from them."""
+    for name, tensor in weights.items():
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteError(f"{what}: trainable weight {name} holds NaN or infinite values; nothing written "
+                                 "(lower --optim.lr, or resume from an earlier checkpoint)")
+
+
 def sha256(path: Path) -> str:
     with open(path, "rb") as f:  # streamed: a 7B run's optimizer state is over a GB
         return hashlib.file_digest(f, "sha256").hexdigest()
