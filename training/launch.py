@@ -1,5 +1,6 @@
 """The driver side of a training run: check the inputs, then hand the run to Ray Train workers (training/loop.py).
 The driver never builds the base model: workers build it on their devices, and rank 0 exports the result."""
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -10,8 +11,10 @@ from model.tiny import save_tiny_base
 from pipelines.annotations import load_annotations
 from pipelines.training_data import check_samples, open_versions
 from training import checkpoint, provenance, tracking
+from training.checkpoint import NonFiniteError
 from training.config import RUN_CONFIG, ConfigError, RunConfig, load, save, to_dict
 from training.data import DataOrder
+from training.lock import RunLock
 from training.provenance import ProvenanceError
 
 log = logging.getLogger(__name__)
@@ -42,17 +45,53 @@ def check_video_fits(base: str, video: TokenSchema) -> None:
                           f"(pave materialize --encoder-path video={base})")
 
 
+# What a resumed run may change (dotted config paths, with everything under them): how long it runs and how it is
+# executed, checkpointed and watched, not what its steps compute; and where things are (a moved run, a moved store or
+# base model: check_resume_provenance checks that they hold the same features and weights). Any other change could
+# not be honoured (the optimizer state and schedule come from the checkpoint, the data order from the data
+# settings), so it is refused rather than recorded as if it had run.
+CHANGEABLE_ON_RESUME = ("out", "optim.steps", "data.store", "data.fingerprints", "data.pack", "data.prefetch_batches",
+                        "model.base", "model.compile", "model.activation_checkpointing", "model.attention",
+                        "scale.gpus_per_worker", "scale.cpus_per_worker", "scale.strategy", "scale.grad_reduce",
+                        "checkpoint", "eval", "tracking")
+
+
+def flat(values: dict, prefix: str = "") -> dict:
+    """Nested config values as {dotted path: value}."""
+    items = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
 def check_resume(cfg: RunConfig, out: Path) -> None:
-    """A run resumed into the same --out and --name must build the same model, or its checkpoints cannot load."""
+    """A run resumed into the same --out and --name must be the run its checkpoints are of: the same model (or they
+    cannot load) and the same settings, but for those it may change (CHANGEABLE_ON_RESUME, logged), so that the
+    run config it records is what ran."""
     if not (out / RUN_CONFIG).exists() or not list((out / "ray" / cfg.name).glob("checkpoint_*")):
         return
-    before = to_dict(load(out / RUN_CONFIG))["model"]
-    now = to_dict(cfg)["model"]
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if changed:
-        raise ConfigError(f"{out}: run {cfg.name!r} has checkpoints of another model (model.{', model.'.join(changed)} "
+    before, now = flat(to_dict(load(out / RUN_CONFIG))), flat(to_dict(cfg))
+    changed = [key for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
+    fixed = [key for key in changed
+             if not any(key == allowed or key.startswith(f"{allowed}.") for allowed in CHANGEABLE_ON_RESUME)]
+    if model := sorted({key.split(".")[1] for key in fixed if key.startswith("model.")}):
+        raise ConfigError(f"{out}: run {cfg.name!r} has checkpoints of another model (model.{', model.'.join(model)} "
                           f"differ from {out / RUN_CONFIG}); resume with the same model settings, or train into a "
                           "new --out or --name")
+    if fixed:
+        raise ConfigError(f"{out}: run {cfg.name!r} was trained with {changes(fixed, before, now)}; a resumed run "
+                          "cannot change that (its optimizer state, schedule and data order come from its "
+                          f"checkpoints): resume with the values of {out / RUN_CONFIG}, or train into a new --out or "
+                          "--name")
+    if changed:
+        log.warning("%s: resuming run %r with %s", out, cfg.name, changes(changed, before, now))
+
+
+def changes(keys: list[str], before: dict, now: dict) -> str:
+    return ", ".join(f"{key} {before.get(key)}, now {now.get(key)}" for key in keys)
 
 
 def check_resume_provenance(cfg: RunConfig, out: Path, current: dict) -> None:
@@ -80,15 +119,21 @@ def check_resume_provenance(cfg: RunConfig, out: Path, current: dict) -> None:
 
 def fit(cfg: RunConfig) -> Path:
     """Train on the Ray cluster this process is connected to (the caller initialises Ray: jobs/ray_runtime.py);
-    returns the exported final directory (`PaveLlava.from_pretrained` layout + the run config)."""
+    returns the exported final directory (`PaveLlava.from_pretrained` layout + the run config). The run directory is
+    locked for the whole run (training/lock.py): a second run into it is refused."""
+    tracking.check(cfg)
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        return train(cfg, out)
+
+
+def train(cfg: RunConfig, out: Path) -> Path:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from training.loop import train_loop_per_worker
 
-    tracking.check(cfg)
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     samples = load_annotations(cfg.data.annotations)
     versions = open_versions(cfg.data.store, cfg.modalities, cfg.data.fingerprints)
     check_samples(samples, versions, cfg.data.annotations)  # fail before any worker starts
@@ -115,9 +160,30 @@ def fit(cfg: RunConfig) -> Path:
         ),
         run_config=ray.train.RunConfig(
             name=cfg.name, storage_path=str(out / "ray"),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            # restarts are made below, where the errors that a restart would only repeat are told apart
+            failure_config=ray.train.FailureConfig(max_failures=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
     )
-    trainer.fit()
-    return out / "final"
+    for restart in itertools.count(1):
+        try:
+            trainer.fit()
+            return out / "final"
+        except ray.train.WorkerGroupError as err:
+            errors = [getattr(error, "cause", None) or error for error in err.worker_failures.values()]
+            if repeated := next((error for error in errors if repeats_on_restart(error)), None):
+                raise repeated from None
+            if 0 <= cfg.checkpoint.max_failures < restart:
+                raise
+            log.warning("worker group failed (%s); restarting it from the latest checkpoint (restart %d of %s)",
+                        "; ".join(f"{type(e).__name__}: {e}" for e in errors), restart,
+                        cfg.checkpoint.max_failures if cfg.checkpoint.max_failures >= 0 else "unlimited")
+
+
+def repeats_on_restart(error: BaseException) -> bool:
+    """Whether a worker's error would only happen again in a restarted worker group: bad input (what `pave` reports
+    as such: a damaged store item, a full or read-only disk, ...) or a run that diverged. A crashed or killed worker
+    is worth a restart."""
+    from jobs.cli import user_error_message
+
+    return isinstance(error, NonFiniteError) or user_error_message(error) is not None

@@ -1,0 +1,88 @@
+"""One run at a time in a run directory: the `pave train` driver holds OUT/run.lock for the run's whole life, so that a
+second run into the same --out is refused instead of interleaving checkpoints, resuming from the other's and
+overwriting its final/.
+
+The lock is an exclusive flock (filelock) on OUT/.run.lock: the kernel releases it when the holder dies, however it
+dies, so a dead run on this host never blocks the next one. Beside it, OUT/run.lock names the holder (pid, host,
+start time) for the message a second run prints, with a heartbeat the holder rewrites every HEARTBEAT_S. flock does
+not reach across hosts on every shared filesystem (NFS mounted with `nolock`, some FUSE mounts), so a run that gets
+the flock still refuses while run.lock names another host whose heartbeat is younger than STALE_S; an older one is
+a dead run's, taken over with a warning. (Hosts' clocks are assumed to agree within STALE_S.)
+"""
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from training.config import ConfigError
+
+HOLDER = "run.lock"
+HEARTBEAT_S = 30.0
+STALE_S = 300.0
+log = logging.getLogger(__name__)
+
+
+class RunInUse(ConfigError):
+    """Another run holds the run directory."""
+
+
+class RunLock:
+    def __init__(self, out: Path):
+        self.out, self.path = Path(out), Path(out) / HOLDER
+        self.flock = FileLock(self.out / f".{HOLDER}", timeout=0)
+        self.me = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(" ", "seconds")}
+        self.stopped = threading.Event()
+
+    def __enter__(self) -> "RunLock":
+        try:
+            self.flock.acquire()
+        except Timeout:
+            raise RunInUse(self.refusal(self.holder())) from None
+        previous = self.holder()
+        if previous and previous.get("host") != self.me["host"] and self.age(previous) < STALE_S:
+            self.flock.release()
+            raise RunInUse(self.refusal(previous))
+        if previous:  # its flock is free (this host) or its heartbeat stopped (another host): it is not running
+            log.warning("%s: taking over the lock of a run that is no longer running (%s)", self.out,
+                        describe(previous))
+        self.beat()
+        threading.Thread(target=self.keep_beating, name="run-lock-heartbeat", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.path.unlink(missing_ok=True)
+        self.flock.release()
+
+    def holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none, or being rewritten this instant
+            return None
+
+    def beat(self) -> None:
+        tmp = self.path.with_name(f".{HOLDER}.{self.me['pid']}")
+        tmp.write_text(json.dumps({**self.me, "heartbeat": time.time()}))
+        tmp.replace(self.path)  # atomic: a reader sees the old or the new holder, never half of one
+
+    def keep_beating(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            self.beat()
+
+    @staticmethod
+    def age(holder: dict) -> float:
+        return time.time() - holder.get("heartbeat", 0)
+
+    def refusal(self, holder: dict | None) -> str:
+        who = f"run {describe(holder)}, heartbeat {self.age(holder):.0f} s ago" if holder else "another run"
+        return f"--out {self.out} is in use by {who}; wait for it to finish or stop it, or train into another --out"
+
+
+def describe(holder: dict) -> str:
+    return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
