@@ -7,6 +7,7 @@ Errors: bad input (the error classes below, a `SystemExit` with a message, a ful
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line help)
@@ -47,6 +48,8 @@ def user_error_message(err: BaseException) -> str | None:
         where = f": {err.filename}" if err.filename else ""
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
         return f"{err.strerror}{where}" + ("; free some space or write elsewhere" if full else "")
+    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename and not os.path.isdir(err.filename):
+        return f"{err.filename}: a file is in the way of a directory there; give a directory path, or move the file"
     return None
 
 

@@ -67,6 +67,7 @@ def run(args) -> int:
     started = time.perf_counter()
     module = official_task(args) if args.task else None
     out = Path(output_path(args.out, "--out"))
+    out.mkdir(parents=True, exist_ok=True)  # now, not after generating: a file in the way is said at once
     request = EvalRequest(args.annotations, args.checkpoint, args.store, args.base_model,
                           fingerprints(args.fingerprint), args.workers, args.gpus_per_worker,
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,

@@ -23,12 +23,12 @@ def run(args) -> int:
     from tqdm import tqdm
 
     kinds = [kind(path) for path in args.runs]  # every argument checked before any is read
+    args.out.mkdir(parents=True, exist_ok=True)
     trainings, evals = {}, {}
     for path, what in tqdm(list(zip(args.runs, kinds)), desc="reading runs", unit="run"):
         group = trainings if what == "train" else evals
         label, content = read(path, what)
         group[unique(label, group)] = content
-    args.out.mkdir(parents=True, exist_ok=True)
     sections = []
     if trainings:
         sections += [figures(trainings, args.out), run_summary(trainings), config_differences(trainings)]

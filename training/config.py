@@ -10,6 +10,7 @@ then checks the values together; every problem is a ConfigError naming the field
 The recipe defaults are the reference PAVE recipe (../shared/DESIGN.md): LoRA r=64, alpha=16, dropout 0.05 on every
 LLM *_proj; AdamW lr 2e-5, cosine with 3% warmup, weight decay 0, grad clip 0.1; patches d_model 512, 2 layers.
 """
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -179,13 +180,21 @@ def validate(cfg: RunConfig) -> RunConfig:
                 "--checkpoint.report-every": cfg.checkpoint.report_every,
                 "--model.patches.d-model": cfg.model.patches.d_model,
                 "--model.patches.layers": cfg.model.patches.layers,
-                "--model.lora.r": cfg.model.lora.r, "--eval.batch-size": cfg.eval.batch_size,
+                "--model.lora.r": cfg.model.lora.r, "--model.lora.alpha": cfg.model.lora.alpha,
+                "--data.prefetch-batches": cfg.data.prefetch_batches, "--eval.batch-size": cfg.eval.batch_size,
                 "--eval.max-new-tokens": cfg.eval.max_new_tokens}
     for flag, value in positive.items():
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    if not cfg.optim.lr > 0:
-        raise ConfigError(f"--optim.lr must be positive, got {cfg.optim.lr}")
+    # `not (...)` so that NaN, which fails every comparison, is refused too
+    for flag, value in {"--optim.lr": cfg.optim.lr, "--optim.grad-clip": cfg.optim.grad_clip}.items():
+        if not 0 < value < math.inf:
+            raise ConfigError(f"{flag} must be a positive finite number, got {value}")
+    for flag, value in {"--optim.weight-decay": cfg.optim.weight_decay,
+                        "--scale.gpus-per-worker": cfg.scale.gpus_per_worker,
+                        "--scale.cpus-per-worker": cfg.scale.cpus_per_worker}.items():
+        if not 0 <= value < math.inf:
+            raise ConfigError(f"{flag} must be a finite number, 0 or more, got {value}")
     for flag, value in {"--optim.warmup-ratio": cfg.optim.warmup_ratio,
                         "--model.lora.dropout": cfg.model.lora.dropout}.items():
         if not 0 <= value < 1:
@@ -194,8 +203,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     if checkpointing not in ("auto", "none", "full") and not checkpointing.isdigit():
         raise ConfigError(f"--model.activation-checkpointing {checkpointing}: expected auto, none, full or a number "
                           "of layers")
-    if cfg.scale.gpus_per_worker < 0 or cfg.scale.cpus_per_worker < 0:
-        raise ConfigError("--scale.gpus-per-worker and --scale.cpus-per-worker cannot be negative")
     attention = cfg.model.attention
     if attention == "varlen" and not cfg.data.pack:
         raise ConfigError("--model.attention varlen attends across packed samples: add --data.pack, or use sdpa")
@@ -220,7 +227,9 @@ def from_dict(values: dict, source: str) -> RunConfig:
 
 
 def load(path: str | Path) -> RunConfig:
-    """A config file (YAML): a run's saved RUN_CONFIG or a user's recipe file."""
+    """A config file (YAML): a run's saved RUN_CONFIG (in OUT or OUT/final) or a user's recipe file. A run directory
+    that was moved is where its saved config now is: `out`, and every path recorded inside the run (its tiny base
+    model, an MLflow store under it), are taken from the file's location, not from the record."""
     path = Path(path)
     if path.is_dir():
         path = path / RUN_CONFIG
@@ -230,7 +239,30 @@ def load(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not a readable YAML config: {err}") from None
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections, got {type(values).__name__}")
+    run_dir = run_directory(path)
+    if run_dir and values.get("out") and Path(values["out"]) != run_dir:
+        values = moved(values, values["out"], str(run_dir))
     return from_dict(values, str(path))
+
+
+def run_directory(saved: Path) -> Path | None:
+    """The run directory a saved config sits in (OUT/RUN_CONFIG or OUT/final/RUN_CONFIG: OUT holds the run's ray/
+    directory), None for a config file anywhere else."""
+    for directory in (saved.parent, saved.parent.parent):
+        if saved.name == RUN_CONFIG and (directory / "ray").is_dir():
+            return directory.resolve()
+    return None
+
+
+def moved(values, old: str, new: str):
+    """`values` with every path inside the run directory `old` moved into `new`."""
+    if isinstance(values, dict):
+        return {key: moved(value, old, new) for key, value in values.items()}
+    if isinstance(values, list):
+        return [moved(value, old, new) for value in values]
+    if isinstance(values, str) and (values == old or values.startswith(old.rstrip("/") + "/")):
+        return new + values[len(old.rstrip("/")):]
+    return values
 
 
 def to_dict(cfg: RunConfig) -> dict:

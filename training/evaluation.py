@@ -55,7 +55,15 @@ class EvalRequest:
     allow_mismatch: bool = False  # evaluate on features or a base model other than the checkpoint's, with a warning
 
     def resolve(self) -> tuple[RunConfig, "EvalRequest"]:
-        """The checkpoint's run config (defaults without one) and this request with its gaps filled from it."""
+        """The checkpoint's run config (defaults without one) and this request with its gaps filled from it. A run
+        directory given as the checkpoint stands for its export, final/."""
+        if self.checkpoint and (Path(self.checkpoint) / "ray").is_dir():
+            final = Path(self.checkpoint) / "final"
+            if not (final / RUN_CONFIG).exists():
+                raise ConfigError(f"--checkpoint {self.checkpoint}: a run directory without a final/ export (the run "
+                                  "has not finished); evaluate it once it has, or pass another run's final/")
+            log.warning("--checkpoint %s is a run directory: evaluating its export, %s", self.checkpoint, final)
+            return replace(self, checkpoint=str(final)).resolve()
         if self.checkpoint and not (Path(self.checkpoint) / RUN_CONFIG).exists():
             raise ConfigError(f"--checkpoint {self.checkpoint}: no {RUN_CONFIG} there; expected the final/ directory "
                               "of a `pave train` run or the output of `pave import-checkpoint`")
