@@ -3,134 +3,31 @@ and temp dir), the Jobs API (`JobSubmissionClient`, what `ray job submit` uses),
 working_dir with the excludes of runtime_env.yaml, and `pave` on the node's PATH, as the cluster's setup_commands
 install it. No mocks.
 
-The head is stopped through the `ray start --block` process this module started, never with `ray stop`: that one
-kills every Ray process of this user on the machine, other test sessions' included."""
+The head (tests/cluster/raycluster.py) is stopped through the `ray start --block` process the fixture started, never
+with `ray stop`: that one kills every Ray process of this user on the machine, other test sessions' included."""
 import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
-import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
+from raycluster import BIN, JOB_TIMEOUT_S, REPO, run_job, start_cluster
 
 from featurestore import FeatureStore
 
 pytestmark = pytest.mark.timeout(1200)
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent  # the venv's bin: `ray` and the `pave` console script
-JOB_TIMEOUT_S = 420
-
-
-@dataclass
-class Head:
-    gcs: str  # what RAY_ADDRESS holds for a driver that joins the cluster
-    dashboard: str  # the Jobs API, what `ray job submit --address` takes
-    client: JobSubmissionClient
-    env: dict  # environment of a standalone driver on this machine (PATH has `pave`, RAY_AUTH_TOKEN the token)
-
-
-def free_ports(n: int) -> list[int]:
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def stop_head(proc: subprocess.Popen) -> None:
-    """SIGTERM to `ray start --block` stops the processes it started; then anything of its process tree still
-    alive (workers, job drivers) is killed by pid."""
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    _, alive = psutil.wait_procs(family, timeout=20)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-
 
 @pytest.fixture(scope="module")
 def head():
-    # Short temp dir: Ray's unix sockets live under it (107-byte path limit). Its own temp dir also keeps the
-    # head out of /tmp/ray/ray_current_cluster, so nobody's `ray.init()` attaches to it by accident.
-    temp = Path(tempfile.mkdtemp(prefix="pave-rc-", dir="/tmp"))
-    gcs, dash, client_port, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = free_ports(9)
-    # Token auth, as Ray 2.60 turns on for new clusters, with this cluster's own token (not ~/.ray/auth_token):
-    # every client must present it, the Jobs API as a bearer header and a joining driver through RAY_AUTH_TOKEN.
-    token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    log = open(temp / "ray_start.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--num-cpus=4", "--num-gpus=0", f"--object-store-memory={1 << 30}", f"--temp-dir={temp}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--ray-client-server-port={client_port}", f"--dashboard-agent-listen-port={agent_http}",
-         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={env_agent}",
-         f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
-         "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    """One node: the head, with 4 CPUs for the jobs."""
+    cluster = start_cluster(head_cpus=4, object_store_bytes=1 << 30)
     try:
-        dashboard, deadline, client = f"http://127.0.0.1:{dash}", time.monotonic() + 180, None
-        while client is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start --head did not come up:\n{(temp / 'ray_start.log').read_text()[-5000:]}")
-            try:
-                client = JobSubmissionClient(dashboard, headers={"Authorization": f"Bearer {token}"})
-                client.list_jobs()
-            except Exception:
-                client = None
-                time.sleep(1)
-        yield Head(f"127.0.0.1:{gcs}", dashboard, client, env)
+        yield cluster
     finally:
-        stop_head(proc)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def runtime_env(**extra) -> dict:
-    """What `ray job submit --working-dir <repo> --runtime-env runtime_env.yaml` sends."""
-    return {**yaml.safe_load((REPO / "runtime_env.yaml").read_text()), "working_dir": str(REPO), **extra}
-
-
-def run_job(head: Head, entrypoint: str, expect: JobStatus = JobStatus.SUCCEEDED, **submit) -> str:
-    """Submit, wait (bounded), check the final status; the job's logs."""
-    job_id = head.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(), **submit)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (status := head.client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
-                                                                  JobStatus.STOPPED}:
-        if time.monotonic() > deadline:
-            head.client.stop_job(job_id)
-            pytest.fail(f"{entrypoint}: still {status} after {JOB_TIMEOUT_S} s\n"
-                        f"{head.client.get_job_logs(job_id)[-8000:]}")
-        time.sleep(1)
-    logs = head.client.get_job_logs(job_id)
-    assert status == expect, f"{entrypoint}: {status}, {head.client.get_job_info(job_id).message}\n{logs[-8000:]}"
-    return logs
+        cluster.close()
 
 
 def test_corpus_materialize_train_eval_as_submitted_jobs(head, tmp_path):
