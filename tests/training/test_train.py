@@ -114,6 +114,22 @@ def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_repo
     assert "| 16 |" in (tmp_path / "eval2" / "report.md").read_text()
 
 
+def test_eval_of_a_run_directory_evaluates_its_final_export(trained, synthetic_store, tmp_path, capsys):
+    final, out = trained
+    _, annotations = synthetic_store
+    argv = ["eval", "--annotations", str(annotations), "--out", str(tmp_path / "eval"), "--batch-size", "8"]
+    assert pave([*argv, "--checkpoint", str(out)]) == 0
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]["n"] == 16
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "ray").mkdir(parents=True)
+    (unfinished / RUN_CONFIG).write_text((out / RUN_CONFIG).read_text())
+    capsys.readouterr()
+    assert pave([*argv, "--checkpoint", str(unfinished)]) == 2
+    assert capsys.readouterr().err == (f"pave eval: --checkpoint {unfinished}: a run directory without a final/ export "
+                                       "(the run has not finished); evaluate it once it has, or pass another run's "
+                                       "final/\n")
+
+
 def test_fsdp_two_workers_train(synthetic_store, ray_local, tmp_path):
     """FSDP (fully_shard over gloo): the same recipe learns with sharded weights, gradient checkpointing on,
     gradients accumulated over 2 micro-batches (synced on the second only) and reduce-scattered in bfloat16, and
