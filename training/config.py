@@ -109,7 +109,9 @@ class ScaleConfig:
 class CheckpointConfig:
     every: Annotated[int, alias("--checkpoint-every")] = 50  # optimizer steps
     keep: int = 3
-    max_failures: int = 2  # worker-group restarts Ray Train may make, each resuming from the latest checkpoint
+    # worker-group restarts after a crash, each resuming from the latest checkpoint (-1: unlimited); an error that a
+    # restart would repeat (bad input, a non-finite step) stops the run at once
+    max_failures: int = 2
     report_every: Annotated[int, alias("--report-every")] = 10  # metrics window, in optimizer steps
 
 
