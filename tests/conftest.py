@@ -25,3 +25,37 @@ def corpus(tmp_path_factory):
     from pipelines.corpus import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("corpus"), 8, seed=0, webdataset=True).parent
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 over HTTP on 127.0.0.1 (tests/s3server.py), one per session: make buckets with `s3_bucket`."""
+    from s3server import S3Server
+
+    server = S3Server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A new, empty bucket on the session's S3 server (s3server.Bucket: url, storage_options, env)."""
+    return s3_server.bucket()
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    """A loopback proxy in front of the session's S3 server that logs every request (s3server.Proxy); its bucket
+    for this test: `s3_proxy.bucket` through the proxy, `s3_proxy.direct` the same bucket without it (for writing
+    what the test then reads, faster)."""
+    from s3server import Proxy
+
+    proxy = Proxy(s3_server.endpoint)
+    proxy.bucket = s3_server.bucket(proxy.endpoint)
+    proxy.direct = s3_server.reach(proxy.bucket.url)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
