@@ -4,7 +4,10 @@ that local disks and object stores behave the same. Two primitives carry all the
   stores: a single PUT is atomic);
 - `create_json`: exactly one of several racing creators succeeds, and the winner's content is complete when the
   file appears (local: hard link of a finished tmp file, which fails if the name exists; object stores: open with
-  mode "xb", a conditional PUT - needs a filesystem that implements it, e.g. s3fs, or the local and memory ones)."""
+  mode "xb", a conditional PUT (If-None-Match: *) - needs a filesystem that implements it, e.g. s3fs, or the local
+  and memory ones, and a server that honours it: the first create_json of a Files object checks that it does).
+Object stores are listed afresh every time (fsspec's listings cache is off): claims and commit records that other
+processes write must be seen."""
 import contextlib
 import errno
 import json
@@ -15,11 +18,18 @@ import uuid
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from .schema import FeatureError
+
+# Where the conditional-PUT check creates its objects: hidden, so that no listing of the store sees them.
+PROBE_DIR = ".exclusive-create-probe"
+
 
 class Files:
     def __init__(self, url: str, storage_options: dict):
-        self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url, **{**storage_options, "use_listings_cache": False})
         self.local = isinstance(self.fs, LocalFileSystem)
+        self._exclusive_checked = self.local
 
     def abs(self, path: str) -> str:
         return f"{self.root}/{path}" if path else self.root
@@ -40,6 +50,7 @@ class Files:
         target = self.abs(path)
         try:
             if not self.local:
+                self._check_exclusive_create()
                 with self.fs.open(target, "xb") as f:
                     f.write(data)
                 return True
@@ -47,6 +58,30 @@ class Files:
             return True
         except FileExistsError:
             return False
+
+    def _check_exclusive_create(self) -> None:
+        """FeatureError unless a second exclusive create of one object fails: a server that ignores If-None-Match
+        (or a filesystem without mode "xb") would let racing writers all win, silently. Checked once."""
+        if self._exclusive_checked:
+            return
+        probe = self.abs(f"{PROBE_DIR}/{uuid.uuid4().hex}")
+        try:
+            for _ in range(2):
+                with self.fs.open(probe, "xb") as f:
+                    f.write(b"probe")  # not empty: s3fs writes an empty file with a plain PUT
+            problem = "a second exclusive create (conditional PUT, If-None-Match: *) of one object succeeded"
+        except FileExistsError:
+            problem = ""
+        except (ValueError, NotImplementedError) as e:  # no mode "xb" in this filesystem
+            problem = f"{type(self.fs).__name__} cannot create a file exclusively ({e})"
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(probe)
+        if problem:
+            raise FeatureError(f"{self.url}: {problem}, so concurrent writers' item claims and version definitions "
+                               "would race. Write the store to a server that honours If-None-Match on PUT (AWS S3 "
+                               "does) or to a shared filesystem path")
+        self._exclusive_checked = True
 
     @staticmethod
     def _write_local(target: str, data: bytes, place) -> None:

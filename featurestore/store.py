@@ -25,6 +25,7 @@ import numpy as np
 import zarr
 
 from . import claims
+from .cache import DEFAULT_BYTES, NodeCache
 from .features import Features
 from .files import Files
 from .layout import SHARD_BYTES
@@ -105,21 +106,32 @@ class _Cached:
 
 
 class FeatureStore(_Cached):
-    _state = ("url", "storage_options")
+    """A store at a local path or fsspec URL (`storage_options`: the filesystem's, e.g. s3fs's endpoint_url, key,
+    secret). `cache_dir`: a node-local directory where reads from an object store keep the bytes they fetch, at most
+    `cache_bytes` of them (cache.py; shared by the node's processes); ignored for local stores."""
+    _state = ("url", "storage_options", "cache_dir", "cache_bytes")
 
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage_options: dict | None = None, cache_dir: str | None = None,
+                 cache_bytes: int = DEFAULT_BYTES):
         self.url = os.fspath(url)
         self.storage_options = dict(storage_options or {})
+        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+        self.cache_bytes = cache_bytes
 
     @cached_property
     def files(self) -> Files:
         return Files(self.url, self.storage_options)
 
     @cached_property
+    def cache(self) -> NodeCache | None:
+        return NodeCache(self.cache_dir, self.cache_bytes) if self.cache_dir and not self.files.local else None
+
+    @cached_property
     def zarr_store(self) -> zarr.abc.store.Store:
         if self.files.local:
             return zarr.storage.LocalStore(self.files.root)
-        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options)
+        options = {**self.storage_options, "use_listings_cache": False}  # as Files: see files.py
+        return zarr.storage.FsspecStore.from_url(self.url, storage_options=options)
 
     def check_root(self) -> None:
         """FeatureError unless the store's URL is a folder: a mistyped path, or a file, must not read as an empty,
@@ -431,8 +443,8 @@ class Version(_Cached):
         if part not in self._parts:
             path = f"{self.path}/parts/{part}"
             try:
-                group = zarr.open_group(self.store.zarr_store, path=path, mode="r")
-                arrays = {name: open_rows(self.store.files, f"{path}/{name}", group[name])
+                group = zarr.open_group(self.store.zarr_store, path=path, mode="r", zarr_format=3)  # no v2 probes
+                arrays = {name: open_rows(self.store.files, f"{path}/{name}", group[name], self.store.cache)
                           for name in self.schema.row_arrays()}
             except (FileNotFoundError, KeyError) as e:  # the part's group or an array is gone
                 raise FeatureError(f"{path}: committed, but its arrays are gone ({e!r}); run `pave store verify`") \

@@ -21,7 +21,7 @@ def verify_parts(zarr_store, path: str, schema: TokenSchema, records: list[dict]
 def _verify_part(zarr_store, path: str, schema: TokenSchema, record: dict) -> list[str]:
     rows, shard_rows = record["rows"], record["shard_rows"]
     try:
-        group = zarr.open_group(zarr_store, path=f"{path}/parts/{record['id']}", mode="r")
+        group = zarr.open_group(zarr_store, path=f"{path}/parts/{record['id']}", mode="r", zarr_format=3)
         arrays = {name: group[name] for name in schema.row_arrays()}
         offsets, listed = group["offsets"][:], group.attrs["items"]
     except (FileNotFoundError, KeyError, ValueError) as e:

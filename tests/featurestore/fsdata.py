@@ -12,10 +12,10 @@ def schema(dtype: str = "float16", modality: str = "video", extras=None, **attrs
     return TokenSchema(modality, tokens_per_step=4, dim=8, dtype=dtype, extras=extras, attrs=attrs or {"fps": 2.0})
 
 
-def version(url: str, dtype: str = "float16", weights: str = "w0", **kw):
+def version(url: str, dtype: str = "float16", weights: str = "w0", storage_options=None, **kw):
     s = schema(dtype, **kw)
     fp = fingerprint("tiny-encoder", weights, {"size": 32, "fps": 2.0}, dtype, "t1")
-    return FeatureStore(url).create_version(s, fp)
+    return FeatureStore(url, storage_options).create_version(s, fp)
 
 
 def rows(schema: TokenSchema, video_id: str, n: int | None = None) -> dict:

@@ -1,5 +1,5 @@
 """Writers in separate processes: one SIGKILLed mid-part (readers never see it, a rerun completes the rest), and two
-racing over the same items (claims make each item written exactly once)."""
+racing over the same items (claims make each item written exactly once), on a local disk and on an S3 server."""
 import json
 import os
 import signal
@@ -15,18 +15,29 @@ import pytest
 import fsdata
 from writer_proc import LEASE_S
 from featurestore import FeatureStore
+from s3server import Bucket
 
 SCRIPT = Path(__file__).with_name("writer_proc.py")
 IDS = [f"clip/{i:03d}" for i in range(24)]  # ids with "/" on purpose
 
 
-def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], stdout=subprocess.PIPE, text=True)
+def _start(*args, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
 
 
-def _all_committed_ids(store_dir: Path, version) -> Counter:
-    records = (json.loads(p.read_text()) for p in (store_dir / version.path / "commits").glob("*.json"))
+def _all_committed_ids(version) -> Counter:
+    files, commits = version.store.files, f"{version.path}/commits"
+    records = (files.read_json(f"{commits}/{name}") for name in files.children(commits, "file"))
     return Counter(item for r in records for item in r["items"])
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path) -> Bucket:
+    """A store location: a local directory, or a new bucket on the session's S3 server."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_bucket")
+    return Bucket(str(tmp_path / "store"), {}, {})
 
 
 def _assert_values(version, ids):
@@ -68,7 +79,7 @@ def test_sigkill_mid_write_is_invisible_and_a_rerun_completes(tmp_path):
     assert final.items() == sorted(IDS) and final.failures() == {}
     _assert_values(final, IDS)
     assert final.verify() == []
-    assert set(_all_committed_ids(store_dir, final).values()) == {1}
+    assert set(_all_committed_ids(final).values()) == {1}
 
     removed = FeatureStore(store_dir).gc([final.fingerprint.id], grace_s=0).removed
     assert f"{final.path}/parts/{orphan}" in removed
@@ -78,18 +89,17 @@ def test_sigkill_mid_write_is_invisible_and_a_rerun_completes(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_two_concurrent_writers_write_each_item_exactly_once(tmp_path):
-    store_dir = tmp_path / "store"
-    version = fsdata.version(store_dir)
+def test_two_concurrent_writers_write_each_item_exactly_once(where):
+    version = fsdata.version(where.url, storage_options=where.storage_options)
     go = time.time() + 3.0  # both processes import and open the store first, then start together
-    procs = [_start(store_dir, owner, "race", go, *IDS) for owner in ("writer-a", "writer-b")]
+    procs = [_start(where.url, owner, "race", go, *IDS, env=where.env) for owner in ("writer-a", "writer-b")]
     written = [json.loads(p.communicate(timeout=90)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(written[0] + written[1]) == sorted(IDS)  # disjoint and complete
     assert written[0] and written[1]  # both really worked
-    counts = _all_committed_ids(store_dir, version)
+    counts = _all_committed_ids(version)
     assert set(counts) == set(IDS) and set(counts.values()) == {1}
-    reader = FeatureStore(store_dir).version("video")
+    reader = FeatureStore(where.url, where.storage_options).version("video")
     _assert_values(reader, IDS)
     assert reader.verify() == []
 

@@ -25,7 +25,7 @@ def part(tmp_path, monkeypatch):
 def test_every_row_span_equals_zarr_python(part):
     version, path, array = part
     rows = reader.open_rows(version.store.files, path, array)
-    assert isinstance(rows, reader.RawShardRows)
+    assert isinstance(rows, reader.ShardRows)
     expected = array[:]
     n = expected.shape[0]
     for start in range(n):  # spans inside a chunk, across chunks, across shards, empty
