@@ -4,15 +4,23 @@ with torch.load - the only way that layout can be read), on the same data, in on
 Cases: whole video (all frames), and a time range (--range-frames consecutive frames of --frames), each with a warm
 page cache and cold (the files evicted with posix_fadvise(DONTNEED) before every fetch; needs no root).
 Layouts: pt (reference), store (the featurestore API: raw token shards of local stores read with preadv), and
-"store/zarr": the same store files read by zarr-python (what the API uses for fsspec URLs). Prints a table and
-each layout's throughput ratio to pt. Default video: 32 frames x 729 x 1152 (every SigLIP patch, as `pave materialize` stores it).
+"store/zarr": the same store files read by zarr-python. Prints a table and each layout's throughput ratio to pt.
+Default video: 32 frames x 729 x 1152 (every SigLIP patch, as `pave materialize` stores it).
+
+--s3 adds the same store copied into a bucket of moto's S3 server on loopback (tests/s3server.py; pip install
+'.[dev]'), read through s3fs: "s3" (ranged GETs), and "s3+cache" (a node cache, featurestore/cache.py, filled by one
+pass over every video first: the epochs after the first). moto runs in this process and shares its cores: the s3
+rates say what the client costs, not what a real S3 would serve. Then a second table: GET requests and bytes per
+fetch, counted at a logging proxy over the same plans (exact, machine-independent).
 
     .venv/bin/python benchmarks/store_bench.py --videos 24 --fetches 48
     .venv/bin/python benchmarks/store_bench.py --tokens 196 --videos 48 --fetches 64   # --video-tokens pooled
+    .venv/bin/python benchmarks/store_bench.py --s3 --videos 8 --frames 16 --fetches 16
 """
 import argparse
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -62,8 +70,9 @@ def zarr_fetch(version):
     return fetch
 
 
-def evict(directory: Path) -> None:
-    for path in directory.rglob("*"):
+def evict(directory: Path | None) -> None:
+    """Drop the files under `directory` from the page cache (None: nothing local to drop)."""
+    for path in directory.rglob("*") if directory else ():
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -96,6 +105,7 @@ def main() -> None:
     p.add_argument("--fetches", type=int, default=48)
     p.add_argument("--range-frames", type=int, default=4)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/pave_store_bench"))
+    p.add_argument("--s3", action="store_true", help="also read the store from moto's S3 server on loopback")
     args = p.parse_args()
 
     shutil.rmtree(args.workdir, ignore_errors=True)
@@ -114,18 +124,17 @@ def main() -> None:
     def ref_fetch(k, f0, f1):  # the reference layout has to load the whole file, then slice
         return torch.load(ref_dir / f"v{k:05d}.pt")["tokens"][f0:f1]
 
-    def store_fetch(k, f0, f1):
-        if (f0, f1) == (0, args.frames):
-            return version.get(f"v{k:05d}").to_torch()
-        return version.get_range(f"v{k:05d}", f0 / args.fps, (f1 - 1) / args.fps).to_torch()
-
-    layouts = [("pt", ref_fetch, ref_dir), ("store", store_fetch, Path(store.files.root)),
+    layouts = [("pt", ref_fetch, ref_dir), ("store", store_fetch(args, version), Path(store.files.root)),
                ("store/zarr", zarr_fetch(version), Path(store.files.root))]
+    if args.s3:
+        s3 = S3Copy(args, store)
+        layouts += s3.layouts()
     for item in (whole_plan[0], range_plan[0]):  # the same data every way; also opens the index, as a reader would
         for _, fetch, _ in layouts[1:]:
             assert torch.equal(ref_fetch(*item), fetch(*item))
     print(f"{'case':28s} {'layout':10s} {'fetch/s':>8s} {'MiB/s':>8s} {'median ms':>10s}  vs pt")
-    for case, plan in [("whole video", whole_plan), (f"range {args.range_frames}/{args.frames} frames", range_plan)]:
+    cases = [("whole video", whole_plan), (f"range {args.range_frames}/{args.frames} frames", range_plan)]
+    for case, plan in cases:
         for cache in ("warm", "cold"):
             results = measure(layouts, plan, cold=cache == "cold")
             pt_rate = len(plan) / results["pt"][0]
@@ -134,6 +143,75 @@ def main() -> None:
                 ratio = f"{rate / pt_rate:.2f}x" if name != "pt" else ""
                 print(f"{case + ', ' + cache:28s} {name:10s} {rate:8.1f} {nbytes / 2**20 / total:8.0f} "
                       f"{median_ms:10.2f}  {ratio}")
+    if args.s3:
+        print(f"\n{'case':28s} {'layout':10s} {'GET/fetch':>10s} {'KiB/fetch':>10s}  (GETs of the plan / fetches)")
+        for case, plan in cases:
+            for name, requests, nbytes in s3.counts(plan):
+                print(f"{case:28s} {name:10s} {requests / len(plan):10.2f} {nbytes / len(plan) / 2**10:10.1f}")
+        s3.stop()
+
+
+def store_fetch(args, version):
+    """fetch(k, f0, f1) through the featurestore API: a whole video, or the rows of frames f0:f1 by their times."""
+
+    def fetch(k, f0, f1):
+        if (f0, f1) == (0, args.frames):
+            return version.get(f"v{k:05d}").to_torch()
+        return version.get_range(f"v{k:05d}", f0 / args.fps, (f1 - 1) / args.fps).to_torch()
+
+    return fetch
+
+
+class S3Copy:
+    """The local store copied into a bucket of moto's S3 server (its objects are the store's files, as `aws s3 sync`
+    would copy them), and the ways to read it."""
+
+    def __init__(self, args, store: FeatureStore):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from s3server import Proxy, S3Server
+
+        self.args, self.server = args, S3Server()
+        self.bucket = self.server.bucket()
+        self.proxy = Proxy(self.server.endpoint)
+        self.counted = self.server.reach(self.bucket.url, self.proxy.endpoint)
+        remote = FeatureStore(self.bucket.url, self.bucket.storage_options)
+        remote.files.fs.put(f"{store.files.root}/", f"{remote.files.root}/", recursive=True)
+
+    def version(self, bucket, cache: str | None = None):
+        return FeatureStore(bucket.url, bucket.storage_options, cache_dir=cache).version("video")
+
+    def warm_cache(self, bucket, directory: Path):
+        """A version reading through a node cache in `directory` that holds every video (one pass over them)."""
+        shutil.rmtree(directory, ignore_errors=True)
+        version = self.version(bucket, str(directory))
+        for k in range(self.args.videos):
+            version.get(f"v{k:05d}")
+        return version
+
+    def layouts(self):
+        cache = self.args.workdir / "cache"
+        return [("s3", store_fetch(self.args, self.version(self.bucket)), None),
+                ("s3+cache", store_fetch(self.args, self.warm_cache(self.bucket, cache)), cache)]
+
+    def counts(self, plan) -> list[tuple[str, int, int]]:
+        """(layout, GET requests, response bytes) of `plan` through the logging proxy, after a first fetch that
+        opens the version (commit records, part metadata), as a reader does once."""
+        out = []
+        for name, version in [("s3", self.version(self.counted)),
+                              ("s3+cache", self.warm_cache(self.counted, self.args.workdir / "cache-counted"))]:
+            fetch = store_fetch(self.args, version)
+            fetch(*plan[0])
+            self.proxy.log.clear()
+            for item in plan:
+                fetch(*item)
+            gets = [r for r in self.proxy.log if r.method == "GET"]
+            assert len(gets) == len(self.proxy.log), self.proxy.log  # reads only
+            out.append((name, len(gets), sum(r.nbytes for r in gets)))
+        return out
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.server.stop()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ class NodeCache:
         os.makedirs(self.directory, exist_ok=True)
         self._lock = os.path.join(self.directory, ".used")
 
-    def get(self, name: str) -> bytes | None:
+    def get(self, name: str) -> memoryview | None:
         """The piece called `name`; None when it is not cached, or its file is damaged (then removed)."""
         path = self._file(name)
         try:
@@ -37,7 +37,7 @@ class NodeCache:
         except FileNotFoundError:  # not cached, or evicted just now
             return None
         try:
-            return _CRC.decode(blob).tobytes()
+            return memoryview(_CRC.decode(blob))  # a view of the file's bytes, less the crc32c
         except (RuntimeError, ValueError):  # the crc32c differs, or the file is shorter than one
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
