@@ -12,7 +12,8 @@ from featurestore import FeatureStore
 
 def main(url: str, cache_dir: str, *ids: str) -> None:
     version = FeatureStore(url, cache_dir=cache_dir).version("video")
-    print(json.dumps({video_id: hashlib.sha256(version.get(video_id).tokens.tobytes()).hexdigest() for video_id in ids}))
+    digests = {video_id: hashlib.sha256(version.get(video_id).tokens.tobytes()).hexdigest() for video_id in ids}
+    print(json.dumps(digests))
 
 
 if __name__ == "__main__":
