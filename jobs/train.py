@@ -1,11 +1,11 @@
 """`pave train`: PAVE patches + LoRA on a frozen LLaVA-OneVision, trained by Ray Train workers from a feature store.
 The command line is the run config's (training/config.py: `--config FILE` plus `--section.field` flags, the short
-flags as aliases); the training itself is training/. Outputs in --out: run_config.yaml, ray/ (Ray Train run:
+flags as aliases); the training itself is training/. Outputs in --out (a path, or an object-store URL:
+training/rundir.py): run_config.yaml, ray/ (Ray Train run:
 checkpoints, data_order/), final/ (peft adapter + patches + run_config.yaml + provenance.json: what it was trained
 on, training/provenance.py), metrics.jsonl, loss_curve.png."""
 import sys
 import time
-from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     # bad input raises errors that jobs/cli.py prints as one line
     cfg = parse(argv)
     # absolute paths: Ray Train workers do not run in this directory
-    cfg.out = output_path(cfg.out, "--out")
+    cfg.out = output_path(cfg.out, "--out", urls=True)
     cfg.data.store = output_path(cfg.data.store, "--store", urls=True)
     cfg.data.annotations = output_path(cfg.data.annotations, "--annotations")
     if cfg.model.base:
@@ -30,5 +30,5 @@ def main(argv: list[str]) -> int:
         print(f"pave train: {err}", file=sys.stderr)
         return 1
     print(f"trained {cfg.optim.steps} steps in {time.perf_counter() - started:.0f} s -> {final}")
-    print(f"loss curve: {Path(cfg.out) / 'loss_curve.png'}")
+    print(f"loss curve: {cfg.out.rstrip('/')}/loss_curve.png")
     return 0

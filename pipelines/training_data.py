@@ -14,9 +14,12 @@ from pipelines.annotations import Sample, check_against_store
 VIDEO = "video"
 
 
-def open_versions(store_url: str, modalities: list[str], fingerprints: dict[str, str] | None = None) -> dict[str, Version]:
-    """The store version of each modality: the one given in `fingerprints`, else the only one the store has."""
-    store = FeatureStore(store_url)
+def open_versions(store_url: str, modalities: list[str], fingerprints: dict[str, str] | None = None,
+                  **store_options) -> dict[str, Version]:
+    """The store version of each modality: the one given in `fingerprints`, else the only one the store has.
+    `store_options`: FeatureStore's (storage_options, cache_dir, cache_bytes); the handles carry them to the Ray
+    workers they are sent to."""
+    store = FeatureStore(store_url, **store_options)
     fingerprints = fingerprints or {}
     return {m: store.version(m, fingerprints.get(m)) for m in modalities}
 

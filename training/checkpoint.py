@@ -8,12 +8,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from training.provenance import PROVENANCE
 from training.provenance import save as save_provenance
+
+if TYPE_CHECKING:
+    from training.rundir import RunDir
 
 TRAINABLE = "trainable.safetensors"
 TRAINER_STATE = "trainer_state.pt"
@@ -76,8 +80,10 @@ def read(directory: Path) -> tuple[dict, dict]:
     return load_file(directory / TRAINABLE), trainer
 
 
-def candidates(run_dir: Path) -> list[Path]:
-    """Every checkpoint directory of the run, newest first (their names are timestamps). Not only those Ray Train has
+def candidates(run: "RunDir", name: str) -> list[str]:
+    """Every checkpoint directory of run `name` in `run` (OUT/ray/NAME/checkpoint_*, as names inside OUT; on an
+    object store `run.pull` fetches one), newest first (their names are timestamps). Not only those Ray Train has
     registered: the controller registers a checkpoint only once it has polled every worker's report, so when a
-    worker dies just after rank 0 persisted one, that checkpoint is on disk but unknown to get_checkpoint()."""
-    return sorted((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), reverse=True)  # not Ray's snapshot file
+    worker dies just after rank 0 persisted one, that checkpoint is stored but unknown to get_checkpoint()."""
+    found = [d for d in run.directories(f"ray/{name}") if d.startswith("checkpoint_")]  # not Ray's snapshot file
+    return [f"ray/{name}/{d}" for d in sorted(found, reverse=True)]

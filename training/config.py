@@ -43,6 +43,10 @@ class DataConfig:
     pack: bool = False  # a micro-batch's samples packed into one sequence (block-causal attention), no padding
     seed: Annotated[int, alias("--seed")] = 0  # data order, and the initial weights of patches and LoRA
     prefetch_batches: int = 2  # fetched ahead by each worker's loader threads
+    # a node-local directory where the workers keep what they fetch from a store on an object store (shared by a
+    # node's workers; the epochs after the first read it instead of the network), at most cache_bytes of it
+    cache: str = ""
+    cache_bytes: int = 32 << 30
 
 
 @with_config(STRICT)
@@ -135,12 +139,45 @@ class TrackingConfig:
 
 @with_config(STRICT)
 @dataclass
+class StorageConfig:
+    """How object-store URLs of the run (--data.store, --out) are reached, on the driver and on every worker; an
+    empty field leaves it to the standard AWS environment (AWS_ENDPOINT_URL, AWS_PROFILE, credentials, region)."""
+
+    endpoint_url: str = ""  # an S3-protocol server other than AWS's (MinIO, Ceph, ...)
+    profile: str = ""  # a profile of the AWS config and credentials files
+    anon: bool = False  # unsigned requests (public buckets)
+
+    def options(self, url: str) -> dict:
+        """fsspec storage options for `url` (none for a local path or another protocol than S3)."""
+        if not url.startswith(("s3://", "s3a://")):
+            return {}
+        given = {"endpoint_url": self.endpoint_url, "profile": self.profile, "anon": self.anon}
+        return {key: value for key, value in given.items() if value}
+
+
+def add_storage_arguments(parser) -> None:
+    """The run config's storage section as argparse flags, spelt as `pave train` spells them (--storage.endpoint-url
+    ...), for the commands that take argparse flags; `storage_config(args)` reads them back."""
+    group = parser.add_argument_group("object storage (S3 URLs; default: the standard AWS environment)")
+    group.add_argument("--storage.endpoint-url", dest="storage_endpoint_url", default="", metavar="URL",
+                       help="S3-protocol server other than AWS's")
+    group.add_argument("--storage.profile", dest="storage_profile", default="", metavar="NAME",
+                       help="profile of the AWS config and credentials files")
+    group.add_argument("--storage.anon", dest="storage_anon", action="store_true", help="unsigned requests")
+
+
+def storage_config(args) -> "StorageConfig":
+    return StorageConfig(args.storage_endpoint_url, args.storage_profile, args.storage_anon)
+
+
+@with_config(STRICT)
+@dataclass
 class RunConfig:
     """`pave train`: PAVE patches + LoRA on a frozen LLaVA-OneVision, trained by Ray Train workers from a feature
     store. The flags below override `--config FILE` (a YAML run config, nested like them), which overrides the
     defaults."""
 
-    out: str = ""  # run directory: checkpoints, final/, metrics; on storage every node mounts
+    out: str = ""  # run directory: checkpoints, final/, metrics; an object-store URL (s3://) or a path every node mounts
     name: str = "pave"  # Ray Train run name: rerun with the same --out and --name to resume
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -149,6 +186,12 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def store_options(self) -> dict:
+        """FeatureStore's keyword arguments for --data.store, as every process of the run opens it."""
+        return {"storage_options": self.storage.options(self.data.store), "cache_dir": self.data.cache or None,
+                "cache_bytes": self.data.cache_bytes}
 
     @property
     def sides(self) -> list[str]:
@@ -183,7 +226,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                 "--model.patches.d-model": cfg.model.patches.d_model,
                 "--model.patches.layers": cfg.model.patches.layers,
                 "--model.lora.r": cfg.model.lora.r, "--model.lora.alpha": cfg.model.lora.alpha,
-                "--data.prefetch-batches": cfg.data.prefetch_batches, "--eval.batch-size": cfg.eval.batch_size,
+                "--data.prefetch-batches": cfg.data.prefetch_batches, "--data.cache-bytes": cfg.data.cache_bytes, "--eval.batch-size": cfg.eval.batch_size,
                 "--eval.max-new-tokens": cfg.eval.max_new_tokens}
     for flag, value in positive.items():
         if value < 1:
@@ -228,10 +271,11 @@ def from_dict(values: dict, source: str) -> RunConfig:
         raise ConfigError(f"{source}: {problems}") from None
 
 
-def load(path: str | Path) -> RunConfig:
+def load(path: str | Path, location: str | None = None) -> RunConfig:
     """A config file (YAML): a run's saved RUN_CONFIG (in OUT or OUT/final) or a user's recipe file. A run directory
     that was moved is where its saved config now is: `out`, and every path recorded inside the run (its tiny base
-    model, an MLflow store under it), are taken from the file's location, not from the record."""
+    model, an MLflow store under it), are taken from the file's location, not from the record. `location`: the URL
+    of the run directory a local copy of its saved config was downloaded from (a run on an object store)."""
     path = Path(path)
     if path.is_dir():
         path = path / RUN_CONFIG
@@ -241,8 +285,8 @@ def load(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not a readable YAML config: {err}") from None
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections, got {type(values).__name__}")
-    run_dir = run_directory(path)
-    if run_dir and values.get("out") and Path(values["out"]) != run_dir:
+    run_dir = location or run_directory(path)
+    if run_dir and values.get("out") and values["out"] != str(run_dir):
         values = moved(values, values["out"], str(run_dir))
     return from_dict(values, str(path))
 

@@ -16,6 +16,7 @@ from training.config import RUN_CONFIG, ConfigError, RunConfig, load, save, to_d
 from training.data import DataOrder
 from training.lock import RunLock
 from training.provenance import ProvenanceError
+from training.rundir import RunDir, local_copy
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,12 @@ def check_video_fits(base: str, video: TokenSchema) -> None:
 
 
 # What a resumed run may change (dotted config paths, with everything under them): how long it runs and how it is
-# executed, checkpointed and watched, not what its steps compute; and where things are (a moved run, a moved store or
-# base model: check_resume_provenance checks that they hold the same features and weights). Any other change could
+# executed, checkpointed and watched, not what its steps compute; and where things are and how they are reached (a
+# moved run, a moved store or base model: check_resume_provenance checks that they hold the same features and weights). Any other change could
 # not be honoured (the optimizer state and schedule come from the checkpoint, the data order from the data
 # settings), so it is refused rather than recorded as if it had run.
-CHANGEABLE_ON_RESUME = ("out", "optim.steps", "data.store", "data.fingerprints", "data.pack", "data.prefetch_batches",
+CHANGEABLE_ON_RESUME = ("out", "storage", "optim.steps", "data.store", "data.fingerprints", "data.pack",
+                        "data.prefetch_batches", "data.cache", "data.cache_bytes",
                         "model.base", "model.compile", "model.activation_checkpointing", "model.attention",
                         "scale.gpus_per_worker", "scale.cpus_per_worker", "scale.strategy", "scale.grad_reduce",
                         "checkpoint", "eval", "tracking")
@@ -67,24 +69,25 @@ def flat(values: dict, prefix: str = "") -> dict:
     return items
 
 
-def check_resume(cfg: RunConfig, out: Path) -> None:
+def check_resume(cfg: RunConfig, run: RunDir) -> None:
     """A run resumed into the same --out and --name must be the run its checkpoints are of: the same model (or they
     cannot load) and the same settings, but for those it may change (CHANGEABLE_ON_RESUME, logged), so that the
     run config it records is what ran."""
-    if not (out / RUN_CONFIG).exists() or not list((out / "ray" / cfg.name).glob("checkpoint_*")):
+    if not run.exists(RUN_CONFIG) or not checkpoint.candidates(run, cfg.name):
         return
-    before, now = flat(to_dict(load(out / RUN_CONFIG))), flat(to_dict(cfg))
+    out, saved = run.url, run.location(RUN_CONFIG)
+    before, now = flat(to_dict(load(run.pull(RUN_CONFIG), location=run.url))), flat(to_dict(cfg))
     changed = [key for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
     fixed = [key for key in changed
              if not any(key == allowed or key.startswith(f"{allowed}.") for allowed in CHANGEABLE_ON_RESUME)]
     if model := sorted({key.split(".")[1] for key in fixed if key.startswith("model.")}):
         raise ConfigError(f"{out}: run {cfg.name!r} has checkpoints of another model (model.{', model.'.join(model)} "
-                          f"differ from {out / RUN_CONFIG}); resume with the same model settings, or train into a "
+                          f"differ from {saved}); resume with the same model settings, or train into a "
                           "new --out or --name")
     if fixed:
         raise ConfigError(f"{out}: run {cfg.name!r} was trained with {changes(fixed, before, now)}; a resumed run "
                           "cannot change that (its optimizer state, schedule and data order come from its "
-                          f"checkpoints): resume with the values of {out / RUN_CONFIG}, or train into a new --out or "
+                          f"checkpoints): resume with the values of {saved}, or train into a new --out or "
                           "--name")
     if changed:
         log.warning("%s: resuming run %r with %s", out, cfg.name, changes(changed, before, now))
@@ -94,12 +97,14 @@ def changes(keys: list[str], before: dict, now: dict) -> str:
     return ", ".join(f"{key} {before.get(key)}, now {now.get(key)}" for key in keys)
 
 
-def check_resume_provenance(cfg: RunConfig, out: Path, current: dict) -> None:
+def check_resume_provenance(cfg: RunConfig, out: RunDir | Path, current: dict) -> None:
     """A run resumed into the same --out and --name must train on what its checkpoints were trained on (`current`:
     this run's provenance), or the resumed steps would fit one set of weights to two feature versions or two bases.
     Every checkpoint is checked: a worker may fall back to any of them."""
+    run = RunDir.of(out)
     unknown = []
-    for directory in checkpoint.candidates(out / "ray" / cfg.name):
+    for name in checkpoint.candidates(run, cfg.name):
+        directory = run.pull(f"{name}/{provenance.PROVENANCE}").parent
         try:
             recorded = provenance.load(directory)
         except (OSError, ValueError):  # cut short by a crash: the worker skips it as unusable (checksums)
@@ -109,33 +114,35 @@ def check_resume_provenance(cfg: RunConfig, out: Path, current: dict) -> None:
             continue
         if found := provenance.differences(recorded, current, f"--store {cfg.data.store}",
                                            f"--base-model {cfg.model.base}"):
-            raise ProvenanceError(f"{out}: run {cfg.name!r} has checkpoints ({directory.name}) trained on "
+            raise ProvenanceError(f"{run}: run {cfg.name!r} has checkpoints ({directory.name}) trained on "
                                   f"{'; on '.join(found)}; resume with the same store versions and base model, or "
                                   "train into a new --out or --name")
     if unknown:
         log.warning("%s: run %r has checkpoints written before provenance was recorded (%s): the feature versions "
-                    "and base model they were trained on are unknown, not checked", out, cfg.name, ", ".join(unknown))
+                    "and base model they were trained on are unknown, not checked", run, cfg.name, ", ".join(unknown))
 
 
-def fit(cfg: RunConfig) -> Path:
+def fit(cfg: RunConfig) -> Path | str:
     """Train on the Ray cluster this process is connected to (the caller initialises Ray: jobs/ray_runtime.py);
-    returns the exported final directory (`PaveLlava.from_pretrained` layout + the run config). The run directory is
-    locked for the whole run (training/lock.py): a second run into it is refused."""
+    returns the exported final directory (`PaveLlava.from_pretrained` layout + the run config): a Path, or its URL
+    for a run on an object store. The run directory is locked for the whole run (training/lock.py): a second run into
+    it is refused."""
     tracking.check(cfg)
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        return train(cfg, out)
+    with RunDir(cfg.out, cfg.storage.options(cfg.out)) as run:
+        run.path.mkdir(parents=True, exist_ok=True)
+        with RunLock(run):
+            train(cfg, run)
+        return run.path / "final" if not run.remote else run.location("final")
 
 
-def train(cfg: RunConfig, out: Path) -> Path:
+def train(cfg: RunConfig, run: RunDir) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from training.loop import train_loop_per_worker
 
     samples = load_annotations(cfg.data.annotations)
-    versions = open_versions(cfg.data.store, cfg.modalities, cfg.data.fingerprints)
+    versions = open_versions(cfg.data.store, cfg.modalities, cfg.data.fingerprints, **cfg.store_options())
     check_samples(samples, versions, cfg.data.annotations)  # fail before any worker starts
     # the store versions trained on, recorded in the saved config: eval and resumed runs read the same ones
     cfg.data.fingerprints = {m: v.fingerprint.id for m, v in versions.items()}
@@ -143,23 +150,25 @@ def train(cfg: RunConfig, out: Path) -> Path:
     if cfg.model.tiny_base:  # saved under --out so that eval and resumed runs load the same one
         texts = [text for s in samples for _, text in s.turns]
         video = versions["video"].schema
-        cfg.model.base = str(save_tiny_base(out / "base_model", texts, cfg.data.seed, video.dim, patch_grid(video)))
-        cfg.model.tiny_base = False
-    check_video_fits(cfg.model.base, versions["video"].schema)
-    check_resume(cfg, out)
-    check_resume_provenance(cfg, out, provenance.record(cfg.model.base, versions, cfg.model.newline))
-    save(cfg, out)
+        save_tiny_base(run.path / "base_model", texts, cfg.data.seed, video.dim, patch_grid(video))
+        run.push("base_model")
+        cfg.model.base, cfg.model.tiny_base = run.location("base_model"), False
+    base = local_copy(cfg.model.base, cfg.storage.options(cfg.model.base))
+    check_video_fits(base, versions["video"].schema)
+    check_resume(cfg, run)
+    check_resume_provenance(cfg, run, provenance.record(base, versions, cfg.model.newline))
+    save(cfg, run.path)
+    run.push(RUN_CONFIG)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": to_dict(cfg), "samples": samples, "versions": versions, "out": str(out),
-                           "run_dir": str(out / "ray" / cfg.name)},  # where RunConfig puts the checkpoints
+        train_loop_config={"run": to_dict(cfg), "samples": samples, "versions": versions},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scale.workers, use_gpu=cfg.scale.gpus_per_worker > 0,
             resources_per_worker={"CPU": cfg.scale.cpus_per_worker, "GPU": cfg.scale.gpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=str(out / "ray"),
+            name=cfg.name, **run.ray_storage(),  # checkpoints in OUT/ray/NAME/checkpoint_*
             # restarts are made below, where the errors that a restart would only repeat are told apart
             failure_config=ray.train.FailureConfig(max_failures=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
@@ -168,7 +177,7 @@ def train(cfg: RunConfig, out: Path) -> Path:
     for restart in itertools.count(1):
         try:
             trainer.fit()
-            return out / "final"
+            return
         except ray.train.WorkerGroupError as err:
             errors = [getattr(error, "cause", None) or error for error in err.worker_failures.values()]
             if repeated := next((error for error in errors if repeats_on_restart(error)), None):

@@ -6,8 +6,11 @@ its own device) with the metrics and the loss curve.
 Each worker also logs its data order, one line per micro-batch (step, micro-batch number, epoch, position, sample
 ids), in RUN/data_order/rank<r>.jsonl, and its own metrics reports in RUN/metrics/rank<r>.jsonl (OUT/metrics.jsonl
 holds rank 0's): a resumed run first cuts the lines past the step it resumes from, so the files always tell exactly
-what each step was trained on and how fast every worker went.
+what each step was trained on and how fast every worker went. On an object store (training/rundir.py) each worker
+writes them in its working mirror and uploads them at every report, before the checkpoint of that step is persisted:
+the stored logs always reach at least as far as the newest checkpoint, and a restore downloads and cuts them.
 """
+import copy
 import json
 import tempfile
 import time
@@ -17,8 +20,9 @@ import ray.train
 import ray.train.torch
 import torch
 
-from training.config import from_dict
+from training.config import RunConfig, from_dict
 from training.recipe import Recipe
+from training.rundir import RunDir, local_copy
 from training.throughput import flops_per_token, peak_flops
 from training.tracking import Trackers
 
@@ -36,8 +40,9 @@ class RankLog:
     """RUN/<kind>/rank<r>.jsonl, one JSON object per line with its step, kept consistent with the checkpoint a run
     resumes from: the lines past that step are cut."""
 
-    def __init__(self, run_dir: Path, kind: str, rank: int, resumed_step: int):
-        self.path = rank_log_path(run_dir, kind, rank)
+    def __init__(self, run: RunDir, name: str, kind: str, rank: int, resumed_step: int):
+        self.run, self.name = run, rank_log_path(Path("ray") / name, kind, rank).as_posix()
+        self.path = run.pull(self.name)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if self.path.exists():  # a line cut by a crash does not parse and goes too
@@ -53,6 +58,9 @@ class RankLog:
     def write(self, entry: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+
+    def push(self) -> None:
+        self.run.push(self.name)
 
 
 def read_rank_log(run_dir: Path, kind: str, rank: int) -> list[dict]:
@@ -105,18 +113,23 @@ class Window:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    cfg = from_dict(config["run"], "run config")
+    recorded = from_dict(config["run"], "run config")
+    with RunDir(recorded.out, recorded.storage.options(recorded.out)) as run:
+        train_worker(recorded, config, run)
+
+
+def train_worker(recorded: RunConfig, config: dict, run: RunDir) -> None:
+    cfg = copy.deepcopy(recorded)  # the run config as it is recorded, but with the base model on this node
+    cfg.model.base = local_copy(cfg.model.base, cfg.storage.options(cfg.model.base))
     context = ray.train.get_context()
     rank = context.get_world_rank()
     recipe = Recipe(cfg, config["samples"], config["versions"], ray.train.torch.get_device(), rank,
                     context.get_world_size()).setup()
-    run_dir = Path(config["run_dir"])
-    recipe.restore(run_dir)
-    sample_log = RankLog(run_dir, DATA_ORDER, rank, recipe.state.step)
-    metrics_log = RankLog(run_dir, WORKER_METRICS, rank, recipe.state.step)
+    recipe.restore(run)
+    sample_log = RankLog(run, cfg.name, DATA_ORDER, rank, recipe.state.step)
+    metrics_log = RankLog(run, cfg.name, WORKER_METRICS, rank, recipe.state.step)
     batches = recipe.batches()
-    out = Path(config["out"])
-    trackers, first_step = Trackers(cfg, out, enabled=rank == 0), recipe.state.step
+    trackers, first_step = Trackers(cfg, run, enabled=rank == 0), recipe.state.step
     window = Window()
     while recipe.state.step < cfg.optim.steps:
         started = time.perf_counter()
@@ -133,14 +146,17 @@ def train_loop_per_worker(config: dict) -> None:
             metrics = window.metrics(recipe)
             recipe.state.history.append(metrics)
             metrics_log.write(metrics)
+            sample_log.push()
+            metrics_log.push()
             trackers.log(recipe.state.history, first_step)
             report(recipe, metrics, save)
             window = Window()
     batches.close()
-    recipe.export(out / "final")
+    recipe.export(run.path / "final", recorded)
     trackers.close()
     if rank == 0:
-        write_curves(recipe.state.history, out)
+        write_curves(recipe.state.history, run.path)
+        run.push("final", LOSS_CURVE)
 
 
 def report(recipe: Recipe, metrics: dict, save: bool) -> None:

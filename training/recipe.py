@@ -27,6 +27,7 @@ from training import checkpoint, provenance
 from training.checkpoint import NonFiniteError, TrainState
 from training.config import RunConfig, save
 from training.data import DataOrder, FeatureLoader
+from training.rundir import RunDir
 from training.modeling import (TrainingLoss, attention_kernel, build_model, build_skeleton, checkpointed_layer_count,
                                compile_layers, fsdp, make_checkpointable, set_checkpointed, to_device)
 
@@ -224,28 +225,30 @@ class Recipe:
         self.scheduler.load_state_dict(trainer["scheduler"])
         self.state = trainer["state"]
 
-    def restore(self, run_dir: Path) -> bool:
-        """Resume from the newest checkpoint of the run that is intact and loads (its resume count + 1); False on a
-        fresh start. A corrupt checkpoint is skipped with a warning, never half-loaded."""
-        found = checkpoint.candidates(Path(run_dir))
-        for directory in found:
+    def restore(self, run: RunDir) -> bool:
+        """Resume from the newest checkpoint of the run (self.cfg.name in `run`) that is intact and loads (its resume
+        count + 1); False on a fresh start. A corrupt checkpoint is skipped with a warning, never half-loaded."""
+        found = checkpoint.candidates(run, self.cfg.name)
+        for name in found:
+            directory = run.pull(name)  # from an object store: into this process's working mirror first
             try:
                 self.load(directory)
             except Exception as err:  # any unreadable piece disqualifies the whole checkpoint
-                log.warning("checkpoint %s is unusable (%s: %s); trying an older one", directory,
+                log.warning("checkpoint %s is unusable (%s: %s); trying an older one", run.location(name),
                             type(err).__name__, err)
                 continue
             self.state.resumes += 1
-            log.info("resumed from %s at step %d (epoch %d, batch %d of %d)", directory, self.state.step,
+            log.info("resumed from %s at step %d (epoch %d, batch %d of %d)", run.location(name), self.state.step,
                      self.state.epoch, self.state.position, self.order.batches_per_epoch)
             return True
         if found:
-            raise RuntimeError(f"no usable checkpoint among those in {run_dir}; refusing to restart from scratch")
+            raise RuntimeError(f"no usable checkpoint among those in {run.location(f'ray/{self.cfg.name}')}; refusing "
+                               "to restart from scratch")
         return False
 
-    def export(self, final: Path) -> None:
+    def export(self, final: Path, recorded: RunConfig | None = None) -> None:
         """The trained weights as a `PaveLlava.from_pretrained` directory (peft adapter + patches) with the run
-        config and the provenance. Rank 0 writes it from the gathered state dict into a weightless copy of the model
+        config (`recorded`, default self.cfg) and the provenance. Rank 0 writes it from the gathered state dict into a weightless copy of the model
         (meta device), so DDP and FSDP runs export alike and no second base model is built. Every rank must call
         it."""
         weights = self._gathered_weights(f"export to {final}")
@@ -257,5 +260,5 @@ class Recipe:
             raise RuntimeError(f"export: trainable weights missing from the gathered state: {empty[:5]}")
         final.mkdir(parents=True, exist_ok=True)
         skeleton.model.save_pretrained(final)
-        save(self.cfg, final)
+        save(recorded or self.cfg, final)
         provenance.save(final, self.provenance)

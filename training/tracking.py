@@ -3,6 +3,7 @@
 own writer: TensorBoard event files (on by default, OUT/tensorboard/NAME), MLflow (a tracking
 URI; a directory is MLflow's file store) and Weights & Biases (offline mode writes OUT/wandb, no account needed).
 The MLflow and W&B run ids are kept in OUT/tracking.json, so that a resumed run goes on logging into the same run.
+On an object store the files are written in rank 0's working mirror and uploaded at every report (training/rundir.py).
 Rank 0 also logs a progress line with an ETA at every report.
 """
 import json
@@ -13,10 +14,12 @@ from pathlib import Path
 from unittest import mock
 
 from training.config import ConfigError, RunConfig, to_dict
+from training.rundir import RunDir
 
 METRICS = "metrics.jsonl"  # every report of the run so far, one JSON object per line
 TENSORBOARD_DIR = "tensorboard"
 RUN_IDS = "tracking.json"
+WANDB_DIR = "wandb"
 INSTALL = {"mlflow": "mlflow-skinny", "wandb": "wandb"}
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class TensorBoard:
 
 
 class MLflow:
-    def __init__(self, cfg: RunConfig, out: Path, ids: dict):
+    def __init__(self, cfg: RunConfig, out: str, ids: dict):
         from mlflow import MlflowClient
 
         uri = cfg.tracking.mlflow
@@ -90,7 +93,7 @@ class MLflow:
             experiment_id = (experiment.experiment_id if experiment else
                              self.client.create_experiment(cfg.tracking.experiment))
             self.run_id = self.client.create_run(experiment_id, run_name=cfg.name,
-                                                 tags={"pave.out": str(out)}).info.run_id
+                                                 tags={"pave.out": out}).info.run_id
             from mlflow.entities import Param
 
             params = [Param(k, str(v)) for k, v in flat(to_dict(cfg)).items()]
@@ -127,33 +130,36 @@ class WandB:
 class Trackers:
     """Rank 0's metric writers (`enabled` False on the other ranks: they do nothing)."""
 
-    def __init__(self, cfg: RunConfig, out: Path, enabled: bool):
-        self.cfg, self.out, self.enabled, self.writers, self.started = cfg, out, enabled, [], time.perf_counter()
+    def __init__(self, cfg: RunConfig, run: RunDir, enabled: bool):
+        self.cfg, self.run, self.enabled, self.writers, self.started = cfg, run, enabled, [], time.perf_counter()
         if not enabled:
             return
-        ids_path = out / RUN_IDS
+        ids_path = run.pull(RUN_IDS)
         all_ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
         ids = all_ids.setdefault(cfg.name, {})
-        wanted = [(cfg.tracking.tensorboard, TensorBoard), (cfg.tracking.mlflow, MLflow),
-                  (cfg.tracking.wandb != "off", WandB)]
-        self.writers = [writer(cfg, out, ids) for on, writer in wanted if on]
+        wanted = [(cfg.tracking.tensorboard, TensorBoard, run.path), (cfg.tracking.mlflow, MLflow, run.url),
+                  (cfg.tracking.wandb != "off", WandB, run.path)]
+        self.writers = [writer(cfg, where, ids) for on, writer, where in wanted if on]
         ids_path.write_text(json.dumps(all_ids, indent=1))
+        run.push(RUN_IDS)
 
     def log(self, history: list[dict], first_step: int) -> None:
         """Write the newest report of `history` (the run's reports so far) to every tracker and print the progress
         line (`first_step`: where this attempt began)."""
         if not self.enabled:
             return
-        partial, metrics = self.out / f"{METRICS}.partial", history[-1]
+        partial, metrics = self.run.path / f"{METRICS}.partial", history[-1]
         partial.write_text("".join(json.dumps(m) + "\n" for m in history))
-        partial.replace(self.out / METRICS)
+        partial.replace(self.run.path / METRICS)
         for writer in self.writers:
             writer.log(metrics)
+        self.run.push(METRICS, f"{TENSORBOARD_DIR}/{self.cfg.name}")
         log.info(progress_line(metrics, self.cfg.optim.steps, first_step, time.perf_counter() - self.started))
 
     def close(self) -> None:
         for writer in self.writers:
             writer.close()
+        self.run.push(WANDB_DIR)  # W&B offline: its run files, complete once closed
 
 
 def progress_line(metrics: dict, total_steps: int, first_step: int, elapsed_s: float) -> str:

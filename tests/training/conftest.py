@@ -11,9 +11,10 @@ ANSWERS = ("low", "high")
 VIDEO_DIM, AUDIO_DIM, FRAMES, TOKENS_PER_FRAME = 32, 16, 4, 4
 
 
-def write_store(root, n_videos: int, seed: int = 0):
+def write_store(root, n_videos: int, seed: int = 0, url: str = "", storage_options: dict | None = None):
+    """The store at `url` (default root/store), the annotations in root."""
     rng = np.random.default_rng(seed)
-    store = FeatureStore(str(root / "store"))
+    store = FeatureStore(url or str(root / "store"), storage_options)
     video = store.create_version(
         TokenSchema("video", TOKENS_PER_FRAME, VIDEO_DIM, "float16", attrs={"time_kind": "point"}),
         fingerprint("test-video", "none", {}, "float16", "1"),
