@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The 7B training-step levers on one GPU, in one device session: `train_bench.py step` per case, beside the anchor's
 # first row (plain HF + peft, activation checkpointing, LoRA dropout 0.05). Needs .whl/ as device_env.sh says and
-# the anchor script (../shared/anchors/llm_lora_levers.py) in .whl/ (carried).
+# the anchor: a plain transformers + peft baseline script (not shipped) that the benchmarker supplies as
+# .whl/anchor_llm_lora_levers.py (carried).
 # `scale WORKERS STRATEGY` runs the same `pave train` on WORKERS GPUs (nvidia-h200-x2 for 2) with ddp or fsdp.
 # `packed 7b|0.5b CASE...` times batches, e.g. "1" "4 --pack" (packed: SDPA per sample), "8 --pack --profile 2" (+ torch.profiler's
 # top ops), "4 --pack --memory-peak" (what is alive at the step's memory peak), "1 --samples 8" (8 samples in turn);

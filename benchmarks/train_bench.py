@@ -11,7 +11,7 @@ shapes with random weights, and how much of a real `pave train` step waits for d
 `prepare --tiny` writes a tiny model and small tokens instead: the same sequence then runs on a CPU in about a minute.
 The store holds random bf16 tokens of the real dims: video 32 frames x 196 x 1152 (pre-projector SigLIP, pooled),
 audio 1 x 1024 per 1 s hop with 2 s windows, clips of 60-600 s; one question per video with a one-word answer.
-The recipe is RunConfig's defaults (training/config.py, DESIGN.md): LoRA r=64 alpha=16 on every LLM *_proj, one
+The recipe is RunConfig's defaults (training/config.py, docs/DESIGN.md): LoRA r=64 alpha=16 on every LLM *_proj, one
 audio patch, AdamW, bf16 compute with float32 trainable weights, gradient checkpointing.
 
 MFU: training/throughput.py (4 N model FLOPs per token over the GPU's dense bf16 peak; `mfu_attn` adds causal

@@ -1,5 +1,5 @@
 """Reading rows of a part's arrays. Reads never invent data: a chunk that is missing fails the fetch, naming it,
-instead of reading as the fill value (zeros), which would train on zeros (DESIGN pitfalls).
+instead of reading as the fill value (zeros), which would train on zeros (docs/DESIGN.md, Pitfalls).
 
 A part's row arrays are sharded along rows; each shard file (object) ends with the index of its inner chunks (Zarr v3
 sharding). ShardRows reads that index itself, once per shard and checked against its crc32c, so a missing chunk is

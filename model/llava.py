@@ -197,7 +197,7 @@ class PaveLlava(nn.Module):
     def loss(self, input_ids, attention_mask, video, side, labels, position_ids=None, **packing) -> torch.Tensor:
         """Mean next-token cross-entropy over label positions (labels == IGNORE_INDEX elsewhere; side may be None).
         Only the hidden states that predict a label go through lm_head: full-vocabulary logits at every position
-        would dominate memory (DESIGN: the first lever toward MFU). Packed samples: a sample's first token is a
+        would dominate memory (docs/DESIGN.md: the first lever toward MFU). Packed samples: a sample's first token is a
         prompt token (IGNORE_INDEX), so no position predicts across a sample boundary."""
         hidden = self.hidden_states(input_ids, attention_mask, video, side, position_ids, **packing)[:, :-1]
         targets = labels[:, 1:]

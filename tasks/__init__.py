@@ -1,7 +1,7 @@
 """The paper's tasks (Music-AVQA, AVSD, ScanQA, SQA3D, LLaVA-Video-178K): their raw downloads converted into our
 annotation JSON and `pave materialize` manifests (`pave data convert`), and their metrics computed the way the
 official PAVE evaluators compute them (`pave score`). One module per task family; tasks/common.py holds what they
-share. The facts each module follows, with the official file for each, are in shared/reference/paper_tasks.md."""
+share. The facts each module follows, with the official file for each, are in docs/PAPER_TASKS.md."""
 import importlib
 
 # task name -> its module

@@ -1,7 +1,7 @@
 """The side-channel features the PAVE authors released, imported into a feature store as versions of their own
 (`pave store import KIND DIR... --store STORE`), so that a user trains on them without extracting them again. Each
 kind knows its files' layout and how they were made, and the timestamps follow from that
-(shared/reference/paper_tasks.md, with the official file for each fact):
+(docs/PAPER_TASKS.md §1(e), §3(e), §5(e), with the official file for each fact):
 
 - imagebind-audio (Music-AVQA, AVSD): `{id}.pt` per clip, (K, 1024) bf16, K = int(duration) - 1 ImageBind-huge
   vectors of 2 s windows every 1 s from 0 -> audio tokens [K, 1, 1024]; row k spans [k, k + 2] s.

@@ -1,5 +1,5 @@
 """Shared fixtures. Ray: one local instance per test session, with bounded logical CPUs so that Ray Train
-workers and Ray Data tasks never starve each other on a 2-core machine (see DESIGN pitfalls)."""
+workers and Ray Data tasks never starve each other on a 2-core machine (see docs/DESIGN.md, Pitfalls)."""
 import os
 
 import pytest

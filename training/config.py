@@ -7,7 +7,7 @@ Parsing is tyro's (nested dataclasses -> `--section.field` flags, with the short
 the YAML file and a saved config are loaded by pydantic, which checks types and refuses unknown keys. `validate`
 then checks the values together; every problem is a ConfigError naming the field (as its flag) and what to do.
 
-The recipe defaults are the reference PAVE recipe (../shared/DESIGN.md): LoRA r=64, alpha=16, dropout 0.05 on every
+The recipe defaults are the reference PAVE recipe (docs/DESIGN.md): LoRA r=64, alpha=16, dropout 0.05 on every
 LLM *_proj; AdamW lr 2e-5, cosine with 3% warmup, weight decay 0, grad clip 0.1; patches d_model 512, 2 layers.
 """
 import math
@@ -102,7 +102,7 @@ class OptimConfig:
 class ScaleConfig:
     workers: Annotated[int, alias("--workers")] = 1
     gpus_per_worker: Annotated[float, alias("--gpus-per-worker")] = 0.0
-    # fractional: the loaders need CPUs beside the workers (DESIGN pitfalls)
+    # fractional: the loaders need CPUs beside the workers (docs/DESIGN.md, Pitfalls)
     cpus_per_worker: Annotated[float, alias("--cpus-per-worker")] = 0.5
     strategy: Annotated[Literal["ddp", "fsdp"], alias("--strategy")] = "ddp"
     grad_reduce: Literal["float32", "bfloat16"] = "float32"  # gradients exchanged in this dtype (bf16: half bytes)

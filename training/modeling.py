@@ -14,7 +14,7 @@ from training.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 # Activation memory of one decoder layer per token without checkpointing, in units of (hidden + intermediate) bf16
-# elements' bytes. Eager: 16.5 fits the 7B anchor (../shared/anchors/llm_lora_levers.py, LoRA r64 + dropout on every
+# elements' bytes. Eager: 16.5 fits the 7B anchor (plain HF + peft baseline, not shipped; LoRA r64 + dropout on every
 # projection: 77 GiB at 6,332 tokens, 15.5 GiB of it weights); rounded up for the patches' and embeddings' share.
 # Compiled layers keep less (Inductor fuses the norms and SwiGLU and recomputes their cheap pointwise parts): fitted to
 # the compiled 7B steps on an H200 (BENCHMARKS.md, 2026-12-01; 17.4 GiB weights + optimizer): 6.1 units without LoRA

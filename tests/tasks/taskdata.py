@@ -1,4 +1,4 @@
-"""Helpers of the task tests (raw files are written from shared/reference/paper_tasks.md by each test)."""
+"""Helpers of the task tests (raw files are written from docs/PAPER_TASKS.md by each test)."""
 import json
 import shutil
 

@@ -1,6 +1,6 @@
 """AVSD: training dialogs cut into groups of 5 turns (leftovers dropped), test dialogs as one multi-turn sample each
 ("__UNDISCLOSED__" references refused), and the COCO caption scores of the last answers; worked out by hand from
-paper_tasks.md §2."""
+docs/PAPER_TASKS.md §2."""
 import json
 
 from taskdata import needs_java, one_line_error, read, read_lines, write

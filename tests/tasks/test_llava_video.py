@@ -1,5 +1,5 @@
 """LLaVA-Video-178K: the first 2 entries per video id of each file ("_2pv"), conversations untouched, store ids named
-as the official feature files (first path component dropped); worked out by hand from paper_tasks.md §5."""
+as the official feature files (first path component dropped); worked out by hand from docs/PAPER_TASKS.md §5."""
 from taskdata import one_line_error, read, read_lines, write
 
 

@@ -1,5 +1,5 @@
 """MUSIC-AVQA: raw avqa-*.json -> annotations (template filling, Audio duplication, dropped items) and the official
-accuracy (substring rule) against --strict, every expectation worked out by hand from paper_tasks.md §1."""
+accuracy (substring rule) against --strict, every expectation worked out by hand from docs/PAPER_TASKS.md §1."""
 import json
 
 from taskdata import one_line_error, read, read_lines, write

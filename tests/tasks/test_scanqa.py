@@ -1,6 +1,6 @@
 """ScanQA: raw ScanQA_v1.0_*.json -> annotations (answers[0], renumbered eval ids, frame folders, test splits
 without answers dropped), LEO's clean_answer, EM / refined EM and the caption metrics, each worked out by hand from
-paper_tasks.md §3."""
+docs/PAPER_TASKS.md §3."""
 import json
 
 import pytest

@@ -1,5 +1,6 @@
 """SQA3D (ScanQA format): situation + question prompts, str(question_id) ids, question types by the raw first word,
-EM / refined EM with the official 1e-10 denominators against --strict; worked out by hand from paper_tasks.md §4."""
+EM / refined EM with the official 1e-10 denominators against --strict; worked out by hand from
+docs/PAPER_TASKS.md §4."""
 import json
 
 from taskdata import one_line_error, read, write
