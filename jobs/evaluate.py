@@ -1,9 +1,12 @@
 """`pave eval`: generate answers with a trained PAVE model (or the bare base model) from stored features, on
---workers Ray actors, and score them (training/evaluation.py). Writes report.json and report.md into --out; with
+--workers Ray actors, and score them (training/evaluation.py). Writes report.json and report.md into --out (a path or
+an object-store URL, as --checkpoint and --store may be); with
 --task, generates with that paper task's official settings and also writes its official scores (scores.json)."""
 import argparse
 import time
 from pathlib import Path
+
+from training.config import add_storage_arguments, storage_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-mismatch", action="store_true",
                         help="evaluate on features or a base model other than those the checkpoint was trained on "
                              "(refused by default), with a warning")
+    add_storage_arguments(parser)
 
 
 def fingerprints(values: list[str]) -> dict[str, str]:
@@ -53,7 +57,7 @@ def official_task(args):
     return module
 
 
-# The official PAVE evaluators' generation (shared/reference/paper_tasks.md, section 0): greedy (ours always is),
+# The official PAVE evaluators' generation (docs/PAPER_TASKS.md §0): greedy (ours always is),
 # up to 1024 new tokens, one question at a time, stopping at the chat template's end of turn (the tokenizer's eos).
 OFFICIAL = {"batch_size": 1, "max_new_tokens": 1024}
 
@@ -62,26 +66,30 @@ def run(args) -> int:
     import json
 
     from jobs.ray_runtime import init_ray, output_path
-    from training.evaluation import EvalRequest, evaluate, write_report
+    from training.evaluation import REPORT, EvalRequest, evaluate, write_report
+    from training.rundir import RunDir
 
     started = time.perf_counter()
     module = official_task(args) if args.task else None
-    out = Path(output_path(args.out, "--out"))
-    out.mkdir(parents=True, exist_ok=True)  # now, not after generating: a file in the way is said at once
+    storage = storage_config(args)
     request = EvalRequest(args.annotations, args.checkpoint, args.store, args.base_model,
                           fingerprints(args.fingerprint), args.workers, args.gpus_per_worker,
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                          allow_mismatch=args.allow_mismatch)
-    ray = init_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = True  # generation progress, with an ETA
-    report = evaluate(request)  # bad input raises errors that jobs/cli.py prints as one line
-    name = args.name or args.checkpoint or "base model"
-    write_report(report, out, name)
-    m = report["metrics"]
-    print(f"{name}: exact match {m['exact_match']:.3f}, CIDEr {m['cider']:.3f} over {m['n']} samples on "
-          f"{len(report['workers'])} worker(s) ({time.perf_counter() - started:.0f} s) -> {out / 'report.md'}")
-    if module:
-        scores = module.score(Path(args.task_annotations), out / "report.json", False)
-        (out / "scores.json").write_text(json.dumps(scores, indent=2))
-        print(f"{args.task} official scores -> {out / 'scores.json'}\n{json.dumps(scores, indent=2)}")
+                          allow_mismatch=args.allow_mismatch, storage=storage)
+    with RunDir(output_path(args.out, "--out", urls=True), storage.options(args.out)) as out:
+        out.path.mkdir(parents=True, exist_ok=True)  # now, not after generating: a file in the way is said at once
+        ray = init_ray()
+        ray.data.DataContext.get_current().enable_progress_bars = True  # generation progress, with an ETA
+        report = evaluate(request)  # bad input raises errors that jobs/cli.py prints as one line
+        name = args.name or args.checkpoint or "base model"
+        write_report(report, out, name)
+        m = report["metrics"]
+        print(f"{name}: exact match {m['exact_match']:.3f}, CIDEr {m['cider']:.3f} over {m['n']} samples on "
+              f"{len(report['workers'])} worker(s) ({time.perf_counter() - started:.0f} s) -> "
+              f"{out.location('report.md')}")
+        if module:
+            scores = module.score(Path(args.task_annotations), out.path / REPORT, False)
+            (out.path / "scores.json").write_text(json.dumps(scores, indent=2))
+            out.push("scores.json")
+            print(f"{args.task} official scores -> {out.location('scores.json')}\n{json.dumps(scores, indent=2)}")
     return 0

@@ -3,73 +3,89 @@ evaluations: loss curves on one axis, throughput and where the step time goes (c
 run, the evaluations' metrics and predictions side by side, and the settings in which the runs' configs differ.
 
 Each RUN is a `pave train --out` directory (metrics.jsonl, run_config.yaml; a run still going is read as far as it
-got) or a `pave eval --out` directory (report.json)."""
+got) or a `pave eval --out` directory (report.json), a path or an object-store URL: the files read are downloaded
+into a temp dir, and the page is written through the same run-directory abstraction (training/rundir.py)."""
+import contextlib
 import html
 import json
 import statistics
 from pathlib import Path
 
+from training.config import add_storage_arguments, storage_config
+
 PAGE = "index.html"
+FIGURES = ("loss.png", "throughput.png", "time.png")
 PREDICTION_ROWS = 50  # per page; the eval's own report.md has them all
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
-                        help="`pave train --out` or `pave eval --out` directories")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="where the page goes (default ./report)")
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="`pave train --out` or `pave eval --out` directories (paths or URLs)")
+    parser.add_argument("--out", default="report", help="where the page goes, a path or URL (default ./report)")
+    add_storage_arguments(parser)
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    kinds = [kind(path) for path in args.runs]  # every argument checked before any is read
-    args.out.mkdir(parents=True, exist_ok=True)
-    trainings, evals = {}, {}
-    for path, what in tqdm(list(zip(args.runs, kinds)), desc="reading runs", unit="run"):
-        group = trainings if what == "train" else evals
-        label, content = read(path, what)
-        group[unique(label, group)] = content
-    sections = []
-    if trainings:
-        sections += [figures(trainings, args.out), run_summary(trainings), config_differences(trainings)]
-    if evals:
-        sections += [eval_metrics(evals), eval_predictions(evals)]
-    page = args.out / PAGE
-    page.write_text(TEMPLATE.format(title=html.escape(", ".join([*trainings, *evals])), body="\n".join(sections)))
-    print(f"report of {len(trainings)} training run(s) and {len(evals)} evaluation(s): {page.resolve()}")
+    from training.rundir import RunDir
+
+    storage = storage_config(args)
+    with contextlib.ExitStack() as stack:
+        runs = [stack.enter_context(RunDir(url, storage.options(url))) for url in args.runs]
+        kinds = [kind(run) for run in runs]  # every argument checked before any is read
+        out = stack.enter_context(RunDir(args.out, storage.options(args.out)))
+        out.path.mkdir(parents=True, exist_ok=True)
+        trainings, evals = {}, {}
+        for run, what in tqdm(list(zip(runs, kinds)), desc="reading runs", unit="run"):
+            group = trainings if what == "train" else evals
+            label, content = read(run, what)
+            group[unique(label, group)] = content
+        sections = []
+        if trainings:
+            sections += [figures(trainings, out.path), run_summary(trainings), config_differences(trainings)]
+        if evals:
+            sections += [eval_metrics(evals), eval_predictions(evals)]
+        title = html.escape(", ".join([*trainings, *evals]))
+        (out.path / PAGE).write_text(TEMPLATE.format(title=title, body="\n".join(sections)))
+        out.push(PAGE, *FIGURES)
+    print(f"report of {len(trainings)} training run(s) and {len(evals)} evaluation(s): {out.location(PAGE)}")
     return 0
 
 
-def kind(path: Path) -> str:
+def kind(run) -> str:
     """'train' or 'eval'; a RUN argument that is neither is refused."""
     from training.config import RUN_CONFIG
+    from training.evaluation import REPORT
     from training.tracking import METRICS
 
-    if not path.is_dir():
-        raise SystemExit(f"pave report: {path}: no such directory; give `pave train --out` or `pave eval --out` "
+    if not run.exists(""):
+        raise SystemExit(f"pave report: {run}: no such directory; give `pave train --out` or `pave eval --out` "
                          "directories")
-    if (path / "report.json").is_file():
+    if run.exists(REPORT):
         return "eval"
-    if (path / RUN_CONFIG).is_file():
-        if not (path / METRICS).is_file():
-            raise SystemExit(f"pave report: {path}: this run has reported no metrics yet; wait for its first "
+    if run.exists(RUN_CONFIG):
+        if not run.exists(METRICS):
+            raise SystemExit(f"pave report: {run}: this run has reported no metrics yet; wait for its first "
                              "report (--report-every steps) or leave it out")
         return "train"
-    raise SystemExit(f"pave report: {path}: neither a training run ({RUN_CONFIG}, {METRICS}) nor an evaluation "
+    raise SystemExit(f"pave report: {run}: neither a training run ({RUN_CONFIG}, {METRICS}) nor an evaluation "
                      "(report.json); give `pave train --out` or `pave eval --out` directories")
 
 
-def read(path: Path, what: str) -> tuple[str, dict]:
+def read(run, what: str) -> tuple[str, dict]:
     """(label, content) of a RUN argument of kind `what`."""
     from training.config import RUN_CONFIG, load, to_dict
+    from training.evaluation import REPORT
     from training.tracking import METRICS
 
+    name = run.url.rsplit("/", 1)[-1]
     if what == "eval":
-        report = json.loads((path / "report.json").read_text())
-        return report.get("name") or path.name, report
-    history = [json.loads(line) for line in (path / METRICS).read_text().splitlines()]
-    cfg = load(path / RUN_CONFIG)
-    return cfg.name if cfg.name != "pave" else path.name, {"history": history, "config": to_dict(cfg)}
+        report = json.loads(run.pull(REPORT).read_text())
+        return report.get("name") or name, report
+    history = [json.loads(line) for line in run.pull(METRICS).read_text().splitlines()]
+    cfg = load(run.pull(RUN_CONFIG), location=run.url)
+    return cfg.name if cfg.name != "pave" else name, {"history": history, "config": to_dict(cfg)}
 
 
 def unique(label: str, taken: dict) -> str:
@@ -94,7 +110,7 @@ def figures(trainings: dict, out: Path) -> str:
         return f'<img src="{name}" alt="{name}">'
 
     images = []
-    for name, key, ylabel in (("loss.png", "loss", "training loss"), ("throughput.png", "tokens_per_s", "tokens/s")):
+    for name, key, ylabel in ((FIGURES[0], "loss", "training loss"), (FIGURES[1], "tokens_per_s", "tokens/s")):
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         for label, run in trainings.items():
             ax.plot([m["step"] for m in run["history"]], [m[key] for m in run["history"]], marker="o", ms=3,
@@ -110,7 +126,7 @@ def figures(trainings: dict, out: Path) -> str:
     ax.barh(labels, wait_ms, left=[s - w for s, w in zip(step_ms, wait_ms)], label="data wait")
     ax.set(xlabel="mean step time (ms)", title="where the step time goes")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    images.append(save(fig, "time.png"))
+    images.append(save(fig, FIGURES[2]))
     return "<h2>Training</h2>\n<div class=figs>" + "".join(images) + "</div>"
 
 

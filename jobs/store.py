@@ -3,6 +3,8 @@ and bring released features into it. Every action but import also reports the da
 (FeatureStore.damage) and then exits 1: a store that cannot serve all it holds is never reported as fine."""
 from pathlib import Path
 
+from training.config import add_storage_arguments, storage_config
+
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="store_command", required=True, metavar="ACTION")
@@ -26,6 +28,8 @@ def add_arguments(parser):
     gc.add_argument("--grace-s", type=float, default=3600.0,
                     help="keep uncommitted parts whose writer showed life this recently (default 3600)")
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    for action in (ls, inspect, verify, gc):
+        add_storage_arguments(action)
     imports = sub.add_parser("import", help="the PAVE authors' released side-channel features as a store version "
                                             "(tasks/features.py)")
     imports.add_argument("kind", help="imagebind-audio (Music-AVQA, AVSD), llava-3d (ScanQA, SQA3D) or languagebind "
@@ -45,7 +49,7 @@ def run(args) -> int:
     if args.store_command == "import":
         return _import(args)
     action = {"ls": _ls, "inspect": _inspect, "verify": _verify, "gc": _gc}[args.store_command]
-    store = FeatureStore(args.store)
+    store = FeatureStore(args.store, storage_config(args).options(args.store))
     try:
         store.check_root()  # a mistyped path must not read as an empty, healthy store
         code = action(store, args)

@@ -7,6 +7,7 @@ credentials come from the environment, as on a cluster's nodes, set here before 
 its workers inherit them."""
 import json
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -89,3 +90,66 @@ def test_a_run_on_s3_writes_what_the_local_run_writes(runs, bucket, tmp_path):
     assert exported.keys() == reference.keys()
     for key, tensor in reference.items():
         torch.testing.assert_close(exported[key], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_and_report_read_and_write_runs_on_s3(runs, bucket, s3_store):
+    _, out, final = runs
+    _, annotations = s3_store
+    assert pave(["eval", "--annotations", str(annotations), "--checkpoint", final, "--out", f"{out}/eval",
+                 "--batch-size", "8", *endpoint(bucket)]) == 0
+    report = json.loads(s3(bucket, out).fs.cat_file(f"{out}/eval/report.json"))
+    assert report["checkpoint"] == final and report["metrics"]["n"] == 16
+    assert [r["id"] for r in report["predictions"]] == [f"v{i:03d}-q0" for i in range(16)]
+    assert pave(["report", out, f"{out}/eval", "--out", f"{out}/report", *endpoint(bucket)]) == 0
+    page = RunDir(f"{out}/report", bucket.storage_options)
+    assert all(page.exists(name) for name in ("index.html", "loss.png", "throughput.png", "time.png"))
+    html = page.files.fs.cat_file(f"{page.files.root}/index.html").decode()
+    assert "<td>x</td><td>8/8</td>" in html  # the run, labelled by its directory, and its steps
+    assert f"<td>{report['metrics']['n']}</td>" in html
+
+
+def test_a_resume_reads_its_checkpoints_and_cuts_its_logs_on_s3(runs, bucket, s3_store):
+    """The run of 8 steps resumed to 12 from its checkpoint in the bucket: the stored rank log, given a line past
+    that checkpoint, is cut back to it; the steps it trains continue the local run's data order."""
+    local, out, _ = runs
+    log = f"{out}/ray/pave/{DATA_ORDER}/rank0.jsonl"
+    files = s3(bucket, out)
+    files.fs.pipe_file(log, files.fs.cat_file(log) + json.dumps({"step": 99, "ids": []}).encode() + b"\n")
+    fit(config(*s3_store, out, *FLAGS, "--steps", "12", *endpoint(bucket)))
+    reported = s3_lines(bucket, f"{out}/metrics.jsonl")
+    assert [m["step"] for m in reported] == [2, 4, 6, 8, 10, 12]
+    assert [m["resumes"] for m in reported] == [0, 0, 0, 0, 1, 1]
+    for rank in (0, 1):
+        logged = s3_lines(bucket, f"{out}/ray/pave/{DATA_ORDER}/rank{rank}.jsonl")
+        assert [e["step"] for e in logged] == list(range(1, 13))
+        assert logged[:8] == read_rank_log(local / "ray" / "pave", DATA_ORDER, rank)
+
+
+def test_a_second_run_into_an_s3_out_is_refused_and_a_stale_lock_taken_over(s3_bucket, synthetic_store):
+    out = f"{s3_bucket.url}/runs/locked"
+    run = RunDir(out, s3_bucket.storage_options)
+    with RunLock(run):
+        holder = run.files.read_json(HOLDER)
+        with pytest.raises(RunInUse, match=f"--out {out} is in use by run pid {holder['pid']}"):
+            fit(config(*synthetic_store, out, *FLAGS, *endpoint(s3_bucket)))
+    assert not run.exists(HOLDER)
+    run.files.put_json(HOLDER, {**holder, "host": "gone", "heartbeat": holder["heartbeat"] - STALE_S - 1})
+    with RunLock(run):
+        assert run.files.read_json(HOLDER)["host"] == holder["host"]
+
+
+def test_a_second_epoch_reads_the_node_cache_not_the_store(s3_proxy, synthetic_store, ray_local, tmp_path):
+    """--data.cache: every byte range of the items' tokens is fetched from the server once over two epochs (16
+    samples, 2 workers of 4 a step: 4 steps); without the cache the second epoch fetched each again. (Shard indexes,
+    suffix ranges, and the parts' row times are read once per process that opens the store, whatever the epochs.)"""
+    write_store(tmp_path, 16, url=f"{s3_proxy.direct.url}/store", storage_options=s3_proxy.direct.storage_options)
+    cache = tmp_path / "cache"
+    cfg = config(f"{s3_proxy.bucket.url}/store", tmp_path / "annotations.json", tmp_path / "run", "--steps", "4",
+                 "--data.cache", str(cache), *endpoint(s3_proxy.bucket))
+    before = len(s3_proxy.requests(s3_proxy.bucket, "GET"))
+    fit(cfg)
+    ranged = Counter((r.path, r.range) for r in s3_proxy.requests(s3_proxy.bucket, "GET")[before:] 
+                     if "/tokens/" in r.path and r.range and not r.range.startswith("bytes=-"))
+    assert ranged and set(ranged.values()) == {1}, ranged.most_common(3)
+    assert load(tmp_path / "run" / RUN_CONFIG).data.cache == str(cache)
+    assert len(list(cache.iterdir())) > 1  # the pieces, beside its byte count
