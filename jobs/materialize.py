@@ -9,6 +9,7 @@ does not come from the input (our code, an encoder) stops the job with its trace
 def add_arguments(parser):
     from pipelines.materialize import DECODERS, ENCODER_DTYPES, Resources, Settings
     from pipelines.media import RESIZES
+    from training.config import add_storage_arguments
 
     # The defaults are the pipeline's own (one place): Settings say what the tokens are, Resources how the job runs.
     settings, resources = Settings(), Resources()
@@ -62,6 +63,7 @@ def add_arguments(parser):
     parser.add_argument("--lease-s", type=float, default=resources.lease_s,
                         help=f"claim lease in seconds (default {resources.lease_s:.0f})")
     parser.add_argument("--summary-json", help="also write the summary here as JSON")
+    add_storage_arguments(parser)
 
 
 def _encoder_paths(values: list[str]) -> dict[str, str]:
@@ -83,6 +85,7 @@ def run(args) -> int:
     from jobs.ray_runtime import init_ray, output_path
     from pipelines.materialize import (MODALITIES, Resources, Settings, actor_gpus, check_settings, decode_on_gpus,
                                        materialize)
+    from training.config import storage_config
     from pipelines.sources import read_items, unlisted_files
 
     store = output_path(args.store, "--store", urls=True)
@@ -120,8 +123,8 @@ def run(args) -> int:
                              "on CPUs")
         print(f"pave materialize: --num-gpus {args.num_gpus:g} and no GPU in the cluster yet: the encoder actors wait "
               "for GPU nodes to join", file=sys.stderr)
-    summary = materialize(read_items(args.input, args.root), store, args.modalities,
-                          encoder_paths, settings, resources, owner=args.owner)
+    summary = materialize(read_items(args.input, args.root), store, args.modalities, encoder_paths, settings,
+                          resources, owner=args.owner, storage_options=storage_config(args).options(store))
     summary.notes += [line for line in [unlisted_files(args.input)] if line]
     print(summary.table())
     if args.summary_json:

@@ -28,8 +28,6 @@ def add_arguments(parser):
     gc.add_argument("--grace-s", type=float, default=3600.0,
                     help="keep uncommitted parts whose writer showed life this recently (default 3600)")
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
-    for action in (ls, inspect, verify, gc):
-        add_storage_arguments(action)
     imports = sub.add_parser("import", help="the PAVE authors' released side-channel features as a store version "
                                             "(tasks/features.py)")
     imports.add_argument("kind", help="imagebind-audio (Music-AVQA, AVSD), llava-3d (ScanQA, SQA3D) or languagebind "
@@ -39,6 +37,8 @@ def add_arguments(parser):
     imports.add_argument("--manifest", type=Path, help="`pave data convert`'s manifest.jsonl: the videos whose "
                                                        "frame times languagebind features need")
     imports.add_argument("--part-items", type=int, default=64, help="files per written part (default 64)")
+    for action in (ls, inspect, verify, gc, imports):
+        add_storage_arguments(action)
 
 
 def run(args) -> int:
@@ -161,7 +161,7 @@ def _import(args) -> int:
         print(f"skipped {len(others)} file(s) that are not the release's {release(args.kind).layout}: {shown}")
     store = output_path(args.store, "--store", urls=True)
     init_ray()
-    summary = import_release(args.kind, items, store, args.part_items)
+    summary = import_release(args.kind, items, store, args.part_items, storage_config(args).options(store))
     for item, reason in sorted(summary.failures.items()):
         print(f"FAILED {item}: {reason}")
     print(summary.line(args.kind))

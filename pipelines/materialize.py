@@ -503,8 +503,9 @@ def failure_kind(video_id: str, reason: str) -> str:
 
 def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), encoder_paths: dict | None = None,
                 settings: Settings = Settings(), resources: Resources = Resources(),
-                owner: str | None = None) -> Summary:
-    """Materialize `modalities` of `items` into the store at `store_url`, one version per (modality, fingerprint);
+                owner: str | None = None, storage_options: dict | None = None) -> Summary:
+    """Materialize `modalities` of `items` into the store at `store_url` (fsspec `storage_options` for a URL: they
+    travel with the store to every task and actor), one version per (modality, fingerprint);
     `encoder_paths` maps a modality to a local HF directory (absent: tiny untrained encoder). Items already
     committed in a version are skipped; failed ones are retried.
 
@@ -518,7 +519,7 @@ def materialize(items: ray.data.Dataset, store_url: str, modalities=("video",), 
         raise ValueError(f"unknown modalities {sorted(unknown)}; known: {list(MODALITIES)}")
     check_settings(settings, resources)
     encoder_paths = encoder_paths or {}
-    store, owner = FeatureStore(store_url), owner or f"materialize-{uuid.uuid4().hex[:12]}"
+    store, owner = FeatureStore(store_url, storage_options), owner or f"materialize-{uuid.uuid4().hex[:12]}"
     num_gpus = actor_gpus(resources)
     gpu_decode = decode_on_gpus(settings, resources, num_gpus)
     counts, failures, versions, held, timing, changed, unrecorded = {}, {}, {}, {}, {}, {}, {}

@@ -197,9 +197,10 @@ def _first_tensor(kind: str, items: list[dict]):
                         "the unpacked release?")
 
 
-def import_release(kind: str, items: list[dict], store_url: str, part_items: int = 64) -> ImportSummary:
-    """Import the release's files `items` (listing()) into the store at `store_url` (a Ray Data job, one part per
-    `part_items` files); the caller initialises Ray."""
+def import_release(kind: str, items: list[dict], store_url: str, part_items: int = 64,
+                   storage_options: dict | None = None) -> ImportSummary:
+    """Import the release's files `items` (listing()) into the store at `store_url` (fsspec `storage_options` for a
+    URL; a Ray Data job, one part per `part_items` files); the caller initialises Ray."""
     import ray
 
     from featurestore import FeatureStore, TokenSchema, fingerprint
@@ -209,7 +210,7 @@ def import_release(kind: str, items: list[dict], store_url: str, part_items: int
     dtype, dim = str(first.dtype).removeprefix("torch."), first.shape[-1]
     schema = TokenSchema(spec.modality, spec.tokens_per_step, dim, dtype, attrs={**spec.attrs, "encoder": spec.model})
     fp = fingerprint(spec.model, f"release:{kind}", spec.attrs, dtype, f"import/{kind}/{IMPORT_VERSION}")
-    version = FeatureStore(store_url).create_version(schema, fp)
+    version = FeatureStore(store_url, storage_options).create_version(schema, fp)
     done = version.committed_items()
     todo = [item for item in items if item["id"] not in done]
     failures = {}

@@ -3,8 +3,15 @@ workers and Ray Data tasks never starve each other on a 2-core machine (see docs
 import os
 
 import pytest
+from s3server import CREDENTIALS
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Credentials for the loopback S3 server, as a cluster's nodes have theirs: set before the session's Ray starts, so
+# that its workers inherit them. The endpoint is never set here: S3 tests pass it (--storage.endpoint-url, storage
+# options) or set it in a subprocess's environment, so that nothing reaches a server by accident.
+for key, value in CREDENTIALS.items():
+    os.environ.setdefault(key, value)
+os.environ.pop("AWS_ENDPOINT_URL", None)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,7 @@ the per-rank logs, metrics, TensorBoard and the export land in the bucket, a res
 `pave eval` / `pave report` read and write runs there. Every value is checked against a local run of the same seed.
 
 The endpoint reaches the driver and the workers through the run config alone (--storage.endpoint-url); the
-credentials come from the environment, as on a cluster's nodes, set here before the session's Ray starts so that
-its workers inherit them."""
+credentials come from the environment, as on a cluster's nodes (tests/conftest.py sets them for the session)."""
 import json
 import os
 from collections import Counter
@@ -15,7 +14,6 @@ from safetensors.torch import load_file
 
 from featurestore.files import Files
 from jobs.cli import main as pave
-from s3server import CREDENTIALS
 from test_train import config, history
 from training.config import RUN_CONFIG, load
 from training.launch import fit
@@ -24,10 +22,6 @@ from training.loop import DATA_ORDER, read_rank_log
 from training.rundir import RunDir, local_copy
 
 from conftest import write_store
-
-for _key, _value in CREDENTIALS.items():
-    os.environ.setdefault(_key, _value)
-os.environ.pop("AWS_ENDPOINT_URL", None)
 
 pytestmark = pytest.mark.timeout(600)
 FLAGS = ("--steps", "8", "--checkpoint-every", "4", "--report-every", "2")
