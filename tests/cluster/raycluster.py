@@ -216,6 +216,12 @@ class Cluster:
         return {n.node_id: name for n in self.list("nodes") for name in n.resources_total
                 if name == "head" or name.startswith("node_")}
 
+    def status(self) -> str:
+        """`ray status`: the nodes, and the resources in use and asked for."""
+        ran = subprocess.run([str(BIN / "ray"), "status", f"--address={self.gcs}"], env=self.env, capture_output=True,
+                             text=True, timeout=60)
+        return ran.stdout + ran.stderr
+
     def close(self) -> None:
         stop_trees([node.process for node in self.nodes.values()])
         self.nodes.clear()
@@ -257,9 +263,9 @@ def wait_job(cluster: Cluster, job_id: str, expect: JobStatus = JobStatus.SUCCEE
     deadline = time.monotonic() + timeout_s
     while (status := client.get_job_status(job_id)) not in FINAL:
         if time.monotonic() > deadline:
+            logs, usage = client.get_job_logs(job_id), cluster.status()
             client.stop_job(job_id)
-            raise AssertionError(f"{job_id}: still {status} after {timeout_s:.0f} s\n"
-                                 f"{client.get_job_logs(job_id)[-8000:]}")
+            raise AssertionError(f"{job_id}: still {status} after {timeout_s:.0f} s\n{logs[-8000:]}\n{usage}")
         time.sleep(1)
     logs = client.get_job_logs(job_id)
     info = client.get_job_info(job_id)
