@@ -77,11 +77,23 @@ def assert_stored_once_and_verified(cluster: Cluster, store: Path, ids: set[str]
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def wait_running(cluster: Cluster, job: str, condition, timeout_s: float = 300) -> None:
+    """Poll until `condition()` holds; the job must still be running then."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        status = cluster.client.get_job_status(job)
+        assert status in (JobStatus.PENDING, JobStatus.RUNNING), \
+            f"the job ended ({status}) before the moment to act on it:\n{cluster.client.get_job_logs(job)[-4000:]}"
+        assert time.monotonic() < deadline, f"not reached in {timeout_s} s"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def materialized(cluster, corpus, tmp_path_factory):
     """The session corpus (8 takes) materialized by one submitted job: (store, submission id)."""
     store = tmp_path_factory.mktemp("many_nodes") / "store"
-    job = submit(two_workers(cluster), f"pave materialize --input {corpus / 'manifest.jsonl'} --store {store} {MATERIALIZE}")
+    job = submit(two_workers(cluster),
+                 f"pave materialize --input {corpus / 'manifest.jsonl'} --store {store} {MATERIALIZE}")
     wait_job(cluster, job)
     return store, job
 
@@ -163,17 +175,6 @@ def test_eval_generates_on_both_worker_nodes(nodes, trained, corpus, tmp_path):
     node_of_pid = {actor.pid: names[actor.node_id] for actor in actors(nodes, job, "Generate")}
     generated_on = {node_of_pid[int(worker.rsplit(":", 1)[1])] for worker in result["workers"]}
     assert generated_on == {node.name for node in nodes.workers()}
-
-
-def wait_running(cluster: Cluster, job: str, condition, timeout_s: float = 300) -> None:
-    """Poll until `condition()` holds; the job must still be running then."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        status = cluster.client.get_job_status(job)
-        assert status in (JobStatus.PENDING, JobStatus.RUNNING), \
-            f"the job ended ({status}) before the moment to act on it:\n{cluster.client.get_job_logs(job)[-4000:]}"
-        assert time.monotonic() < deadline, f"not reached in {timeout_s} s"
-        time.sleep(0.1)
 
 
 def test_materialize_survives_a_lost_worker_node(nodes, corpus, tmp_path):
