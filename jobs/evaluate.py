@@ -77,7 +77,6 @@ def run(args) -> int:
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                           allow_mismatch=args.allow_mismatch, storage=storage)
     with RunDir(output_path(args.out, "--out", urls=True), storage.options(args.out)) as out:
-        out.path.mkdir(parents=True, exist_ok=True)  # now, not after generating: a file in the way is said at once
         ray = init_ray()
         ray.data.DataContext.get_current().enable_progress_bars = True  # generation progress, with an ETA
         report = evaluate(request)  # bad input raises errors that jobs/cli.py prints as one line

@@ -5,6 +5,7 @@ driver; users set it to `<head-ip>:6379`, or `auto` for a cluster started on thi
 Never "whatever cluster this machine ran last": Ray's own default (address=None) attaches to the cluster recorded
 in /tmp/ray/ray_current_cluster, which on a shared machine may be someone else's.
 """
+import errno
 import os
 from pathlib import Path
 
@@ -48,7 +49,12 @@ def output_path(path: str, flag: str, urls: bool = False) -> str:
         alternative = ", or a URL" if urls else ""
         raise SystemExit(f"{flag} {path}: relative paths are not allowed in a submitted job (its working directory "
                          f"is a temporary copy); pass an absolute path on storage every node mounts{alternative}")
-    return str(Path(path).resolve())
+    resolved = Path(path).resolve()
+    # said before any work, and without creating the directory: a refused command leaves nothing behind
+    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file", str(resolved))  # jobs/cli.py says it
+    return str(resolved)
 
 
 def base_model_path(path: str, flag: str = "--base-model") -> str:

@@ -47,3 +47,10 @@ def write_store(root, n_videos: int, seed: int = 0, url: str = "", storage_optio
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory):
     return write_store(tmp_path_factory.mktemp("train_store"), n_videos=16)
+
+
+@pytest.fixture(scope="session")
+def store_writer():
+    """write_store, for tests that write this store elsewhere (an S3 bucket): a test module cannot import it, since
+    `conftest` names another directory's module when several are collected."""
+    return write_store

@@ -21,8 +21,6 @@ from training.lock import HOLDER, STALE_S, RunInUse, RunLock
 from training.loop import DATA_ORDER, read_rank_log
 from training.rundir import RunDir, local_copy
 
-from conftest import write_store
-
 pytestmark = pytest.mark.timeout(600)
 FLAGS = ("--steps", "8", "--checkpoint-every", "4", "--report-every", "2")
 
@@ -33,10 +31,10 @@ def bucket(s3_server):
 
 
 @pytest.fixture(scope="module")
-def s3_store(bucket, tmp_path_factory):
+def s3_store(bucket, tmp_path_factory, store_writer):
     """The synthetic store of tests/training/conftest.py (same seed and size) written into the bucket."""
     root = tmp_path_factory.mktemp("s3_store")
-    return write_store(root, 16, url=f"{bucket.url}/store", storage_options=bucket.storage_options)
+    return store_writer(root, 16, url=f"{bucket.url}/store", storage_options=bucket.storage_options)
 
 
 def endpoint(bucket) -> list[str]:
@@ -132,17 +130,18 @@ def test_a_second_run_into_an_s3_out_is_refused_and_a_stale_lock_taken_over(s3_b
         assert run.files.read_json(HOLDER)["host"] == holder["host"]
 
 
-def test_a_second_epoch_reads_the_node_cache_not_the_store(s3_proxy, synthetic_store, ray_local, tmp_path):
+def test_a_second_epoch_reads_the_node_cache_not_the_store(s3_proxy, synthetic_store, ray_local, tmp_path,
+                                                            store_writer):
     """--data.cache: every byte range of the items' tokens is fetched from the server once over two epochs (16
     samples, 2 workers of 4 a step: 4 steps); without the cache the second epoch fetched each again. (Shard indexes,
     suffix ranges, and the parts' row times are read once per process that opens the store, whatever the epochs.)"""
-    write_store(tmp_path, 16, url=f"{s3_proxy.direct.url}/store", storage_options=s3_proxy.direct.storage_options)
+    store_writer(tmp_path, 16, url=f"{s3_proxy.direct.url}/store", storage_options=s3_proxy.direct.storage_options)
     cache = tmp_path / "cache"
     cfg = config(f"{s3_proxy.bucket.url}/store", tmp_path / "annotations.json", tmp_path / "run", "--steps", "4",
                  "--data.cache", str(cache), *endpoint(s3_proxy.bucket))
     before = len(s3_proxy.requests(s3_proxy.bucket, "GET"))
     fit(cfg)
-    ranged = Counter((r.path, r.range) for r in s3_proxy.requests(s3_proxy.bucket, "GET")[before:] 
+    ranged = Counter((r.path, r.range) for r in s3_proxy.requests(s3_proxy.bucket, "GET")[before:]
                      if "/tokens/" in r.path and r.range and not r.range.startswith("bytes=-"))
     assert ranged and set(ranged.values()) == {1}, ranged.most_common(3)
     assert load(tmp_path / "run" / RUN_CONFIG).data.cache == str(cache)
