@@ -9,8 +9,6 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import boto3
-from moto.server import ThreadedMotoServer
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -26,6 +24,9 @@ class Bucket:
 
 class S3Server:
     def __init__(self):
+        import boto3  # here, not at import: tests/conftest.py reads CREDENTIALS where moto is not installed (GPU image)
+        from moto.server import ThreadedMotoServer
+
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
         self._moto = ThreadedMotoServer(ip_address=HOST, port=0, verbose=False)  # port 0: the OS picks a free one
         self._moto.start()

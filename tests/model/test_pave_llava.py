@@ -78,8 +78,12 @@ def test_input_embeddings_from_stored_tokens_equal_hfs_from_pixels(tiny_dir):
     pixels = torch.randn(2, 3, 3, 32, 32)
     with torch.no_grad():
         features = base.model.get_video_features(pixels).pooler_output  # layer and select: the config's
-        # transformers 5.17 (the GPU image) returns a row of tokens per video, 5.25 all videos' tokens in one
-        features = features.reshape(-1, features.shape[-1])
+        features = features.reshape(len(pixels), -1, features.shape[-1])
+        if features.numel() // features.shape[-1] < (ids == base.config.video_token_id).sum():
+            # transformers 5.17 (the GPU image) adds each video's image_newline in forward, 5.25 in get_video_features
+            newline = base.model.image_newline[None, None, :].expand(len(pixels), 1, -1)
+            features = torch.cat((features, newline), dim=1)
+        features = features.flatten(0, 1)
         embeds = base.get_input_embeddings()(ids)
         is_video = base.model.get_placeholder_mask(ids, inputs_embeds=embeds, video_features=features)[1]
         hf = embeds.masked_scatter(is_video, features)
