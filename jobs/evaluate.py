@@ -65,7 +65,7 @@ OFFICIAL = {"batch_size": 1, "max_new_tokens": 1024}
 def run(args) -> int:
     import json
 
-    from jobs.ray_runtime import init_ray, output_path
+    from jobs.ray_runtime import init_ray, output_dir
     from training.evaluation import REPORT, EvalRequest, evaluate, write_report
     from training.rundir import RunDir
 
@@ -76,7 +76,7 @@ def run(args) -> int:
                           fingerprints(args.fingerprint), args.workers, args.gpus_per_worker,
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                           allow_mismatch=args.allow_mismatch, storage=storage)
-    with RunDir(output_path(args.out, "--out", urls=True), storage.options(args.out)) as out:
+    with RunDir(output_dir(args.out, "--out", urls=True), storage.options(args.out)) as out:
         ray = init_ray()
         ray.data.DataContext.get_current().enable_progress_bars = True  # generation progress, with an ETA
         report = evaluate(request)  # bad input raises errors that jobs/cli.py prints as one line

@@ -49,12 +49,18 @@ def output_path(path: str, flag: str, urls: bool = False) -> str:
         alternative = ", or a URL" if urls else ""
         raise SystemExit(f"{flag} {path}: relative paths are not allowed in a submitted job (its working directory "
                          f"is a temporary copy); pass an absolute path on storage every node mounts{alternative}")
-    resolved = Path(path).resolve()
-    # said before any work, and without creating the directory: a refused command leaves nothing behind
-    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
-    if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file", str(resolved))  # jobs/cli.py says it
-    return str(resolved)
+    return str(Path(path).resolve())
+
+
+def output_dir(path: str, flag: str, urls: bool = False) -> str:
+    """output_path for a directory the command creates: a file in its way is refused before any work, without
+    creating anything (a refused command leaves nothing behind)."""
+    resolved = output_path(path, flag, urls)
+    if "://" not in resolved:
+        existing = next(p for p in (Path(resolved), *Path(resolved).parents) if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file", resolved)  # jobs/cli.py says it
+    return resolved
 
 
 def base_model_path(path: str, flag: str = "--base-model") -> str:

@@ -9,7 +9,7 @@ import time
 
 
 def main(argv: list[str]) -> int:
-    from jobs.ray_runtime import base_model_path, init_ray, output_path
+    from jobs.ray_runtime import base_model_path, init_ray, output_dir, output_path
     from training.checkpoint import NonFiniteError
     from training.config import parse
     from training.launch import fit
@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     # bad input raises errors that jobs/cli.py prints as one line
     cfg = parse(argv)
     # absolute paths: Ray Train workers do not run in this directory
-    cfg.out = output_path(cfg.out, "--out", urls=True)
+    cfg.out = output_dir(cfg.out, "--out", urls=True)
     cfg.data.store = output_path(cfg.data.store, "--store", urls=True)
     cfg.data.annotations = output_path(cfg.data.annotations, "--annotations")
     if cfg.model.base:
