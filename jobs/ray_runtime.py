@@ -35,11 +35,12 @@ def init_ray(num_cpus: int | None = None):
 
 
 def output_path(path: str, flag: str, urls: bool = False) -> str:
-    """Where a job writes: an absolute local path, or (urls=True: the feature store, written through fsspec) a URL.
-    Other outputs are written with plain file I/O and Ray Train workers read the base model from them, so they need
-    a filesystem every node mounts (NFS/EFS at the same path everywhere), not a URL. Under `ray job submit` a
-    relative path is refused: it would land in the job's temporary copy of the working directory on whichever node
-    ran the driver, where nobody looks and which Ray deletes."""
+    """Where a job writes or reads: an absolute local path, or (urls=True: what is reached through fsspec, as the
+    feature store, a run directory and annotations are) a URL. Other outputs are written with plain file I/O and Ray
+    Train workers read the base model from them, so they need a filesystem every node mounts (NFS/EFS at the same
+    path everywhere), not a URL. Under `ray job submit` a relative path is refused: it would land in the job's
+    temporary copy of the working directory on whichever node ran the driver, where nobody looks and which Ray
+    deletes."""
     if "://" in path:
         if urls:
             return path

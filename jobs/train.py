@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
     # absolute paths: Ray Train workers do not run in this directory
     cfg.out = output_dir(cfg.out, "--out", urls=True)
     cfg.data.store = output_path(cfg.data.store, "--store", urls=True)
-    cfg.data.annotations = output_path(cfg.data.annotations, "--annotations")
+    cfg.data.annotations = output_path(cfg.data.annotations, "--annotations", urls=True)
     if cfg.model.base:
         cfg.model.base = base_model_path(output_path(cfg.model.base, "--base-model"))
     init_ray()

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec
+
 from featurestore import ID_RULE, id_problem
 
 ROLES = {"human": "user", "gpt": "assistant"}
@@ -79,12 +81,13 @@ def _marker_problems(where: str, turns: list[tuple[str, str]]) -> list[str]:
     return problems
 
 
-def load_annotations(path: str | Path) -> list[Sample]:
-    """Parse and validate an annotation file; raise AnnotationError listing every problem."""
-    path = Path(path)
+def load_annotations(path: str | Path, storage_options: dict | None = None) -> list[Sample]:
+    """Parse and validate an annotation file, a local path or a URL (read through fsspec with `storage_options`);
+    raise AnnotationError listing every problem."""
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        with fsspec.open(str(path), "rb", **(storage_options or {})) as f:
+            raw = json.loads(f.read())
+    except (OSError, ValueError) as err:  # unreachable or missing; not UTF-8 or not JSON
         raise AnnotationError(f"{path}: not a readable JSON file: {err}") from err
     if not isinstance(raw, list):
         raise AnnotationError(f"{path}: expected a JSON list of samples, got {type(raw).__name__}")

@@ -140,8 +140,9 @@ class TrackingConfig:
 @with_config(STRICT)
 @dataclass
 class StorageConfig:
-    """How object-store URLs of the run (--data.store, --out) are reached, on the driver and on every worker; an
-    empty field leaves it to the standard AWS environment (AWS_ENDPOINT_URL, AWS_PROFILE, credentials, region)."""
+    """How object-store URLs of the run (--data.store, --data.annotations, --out) are reached, on the driver and on
+    every worker; an empty field leaves it to the standard AWS environment (AWS_ENDPOINT_URL, AWS_PROFILE,
+    credentials, region)."""
 
     endpoint_url: str = ""  # an S3-protocol server other than AWS's (MinIO, Ceph, ...)
     profile: str = ""  # a profile of the AWS config and credentials files

@@ -167,7 +167,7 @@ def evaluate(request: EvalRequest) -> dict:
 
     given = request
     run, request = request.resolve()
-    samples = load_annotations(request.annotations)
+    samples = load_annotations(request.annotations, request.storage.options(request.annotations))
     versions = checked_versions(given, request, run)
     check_samples(samples, versions, request.annotations)
     generation = feature_dataset(samples, versions).map_batches(

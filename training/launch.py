@@ -141,7 +141,7 @@ def train(cfg: RunConfig, run: RunDir) -> None:
 
     from training.loop import train_loop_per_worker
 
-    samples = load_annotations(cfg.data.annotations)
+    samples = load_annotations(cfg.data.annotations, cfg.storage.options(cfg.data.annotations))
     versions = open_versions(cfg.data.store, cfg.modalities, cfg.data.fingerprints, **cfg.store_options())
     check_samples(samples, versions, cfg.data.annotations)  # fail before any worker starts
     # the store versions trained on, recorded in the saved config: eval and resumed runs read the same ones

@@ -1,6 +1,7 @@
-"""Runs whose store and --out are both on an S3 server (moto over HTTP, tests/s3server.py): Ray Train checkpoints,
-the per-rank logs, metrics, TensorBoard and the export land in the bucket, a resume reads them back from there, and
-`pave eval` / `pave report` read and write runs there. Every value is checked against a local run of the same seed.
+"""Runs whose store, annotations and --out are all on an S3 server (moto over HTTP, tests/s3server.py): Ray Train
+checkpoints, the per-rank logs, metrics, TensorBoard and the export land in the bucket, a resume reads them back from
+there, and `pave eval` / `pave report` read and write runs there. Every value is checked against a local run of the
+same seed.
 
 The endpoint reaches the driver and the workers through the run config alone (--storage.endpoint-url); the
 credentials come from the environment, as on a cluster's nodes (tests/conftest.py sets them for the session)."""
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from featurestore.files import Files
 from jobs.cli import main as pave
+from pipelines.annotations import AnnotationError, load_annotations
 from test_train import config, history
 from training.config import RUN_CONFIG, load
 from training.launch import fit
@@ -32,9 +34,13 @@ def bucket(s3_server):
 
 @pytest.fixture(scope="module")
 def s3_store(bucket, tmp_path_factory, store_writer):
-    """The synthetic store of tests/training/conftest.py (same seed and size) written into the bucket."""
+    """The synthetic store of tests/training/conftest.py (same seed and size) and its annotations, written into the
+    bucket: (store URL, annotations URL)."""
     root = tmp_path_factory.mktemp("s3_store")
-    return store_writer(root, 16, url=f"{bucket.url}/store", storage_options=bucket.storage_options)
+    store, annotations = store_writer(root, 16, url=f"{bucket.url}/store", storage_options=bucket.storage_options)
+    url = f"{bucket.url}/annotations.json"
+    s3(bucket, url).fs.put_file(str(annotations), url)
+    return store, url
 
 
 def endpoint(bucket) -> list[str]:
@@ -115,6 +121,13 @@ def test_a_resume_reads_its_checkpoints_and_cuts_its_logs_on_s3(runs, bucket, s3
         logged = s3_lines(bucket, f"{out}/ray/pave/{DATA_ORDER}/rank{rank}.jsonl")
         assert [e["step"] for e in logged] == list(range(1, 13))
         assert logged[:8] == read_rank_log(local / "ray" / "pave", DATA_ORDER, rank)
+
+
+def test_annotations_on_s3_read_as_a_local_file_and_a_missing_one_named(s3_store, synthetic_store, bucket):
+    _, url = s3_store
+    assert load_annotations(url, bucket.storage_options) == load_annotations(synthetic_store[1])
+    with pytest.raises(AnnotationError, match=f"^{bucket.url}/missing.json: not a readable JSON file: [^\n]*$"):
+        load_annotations(f"{bucket.url}/missing.json", bucket.storage_options)
 
 
 def test_a_second_run_into_an_s3_out_is_refused_and_a_stale_lock_taken_over(s3_bucket, synthetic_store):
