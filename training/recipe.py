@@ -9,6 +9,7 @@ import math
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -142,6 +143,10 @@ class Recipe:
         """One optimizer step over the given micro-batches (gradients reduced across workers on the last only);
         returns the mean loss, the samples and tokens it saw, and the gradient norm."""
         loss_sum, samples, tokens = 0.0, 0, 0
+        # Dropout (LoRA's) draws from torch's generators seeded by (run seed, rank, step), as the data order is: a
+        # worker group restarted from a checkpoint draws what the undisturbed run drew, and ranks draw differently.
+        torch.manual_seed(int(np.random.SeedSequence([self.cfg.data.seed, self.rank, self.state.step])
+                              .generate_state(1)[0]))
         for k, batch in enumerate(micro_batches):
             last = k == len(micro_batches) - 1
             batch = to_device(batch, self.device)
