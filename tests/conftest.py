@@ -66,3 +66,15 @@ def s3_proxy(s3_server):
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture
+def pave(capsys):
+    """Run `pave ARGS...` in-process: (exit code, stdout, stderr)."""
+    from jobs.cli import main
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run

@@ -14,17 +14,6 @@ import store_race
 import torch
 
 from featurestore import FeatureError, FeatureStore
-from jobs.cli import main
-
-
-@pytest.fixture
-def pave(capsys):
-    """Run `pave ARGS...` in-process: (exit code, stdout, stderr)."""
-    def run(*argv):
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
 
 
 @pytest.fixture

@@ -1,17 +1,5 @@
-"""Fixtures of the task tests: `pave` run in-process, METEOR skipped unless a test asks for it."""
+"""Fixtures of the task tests: METEOR skipped unless a test asks for it (`pave` in-process: tests/conftest.py)."""
 import pytest
-
-from jobs.cli import main
-
-
-@pytest.fixture
-def pave(capsys):
-    """Run `pave ARGS...` in-process: (exit code, stdout, stderr)."""
-    def run(*argv):
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-    return run
 
 
 @pytest.fixture(autouse=True)
