@@ -332,9 +332,18 @@ def write_part(batch: dict, version: Version, owner: str) -> dict:
 
 def _write(batch: dict, version: Version, owner: str, status: list, reason: list) -> None:
     """write_part's writing; sets each item's `status` and `reason` as it goes."""
+    # Ray retries a task whose node was lost, also one whose commit record had landed: an item already committed
+    # from this same source is that earlier attempt's work (ok, not written twice); one committed by another job
+    # meanwhile is skipped, unless this row supersedes it.
+    stored = version.index(fresh=True).sources
     with version.writer(owner) as writer:
         recorded = set()  # the rows of a duplicate id fail with one reason, recorded once
         for k, row in enumerate(_rows(batch)):
+            if status[k] == "todo" and row["id"] in stored:
+                if stored[row["id"]] == json.loads(row["source"]):
+                    status[k] = "ok"
+                elif not row["supersedes"]:
+                    status[k], reason[k] = "skipped", ALREADY_COMMITTED
             if status[k] == "todo":
                 extras = {name: row[f"x_{name}"] for name in version.schema.extras}
                 try:
