@@ -1,6 +1,7 @@
 """`pave import-checkpoint SRC --out DIR --base-model BASE --side audio`: an official PAVE release (dragonlzm/PAVE:
 non_lora_trainables.bin + peft adapter) as a checkpoint `pave eval --checkpoint DIR` loads (model/official.py), with
-a run config recording the base model, the side channel, the grid newline layout and the patch and LoRA shapes."""
+a run config recording the base model, the side channel, the grid newline layout and the patch's shapes and
+official semantics (index-chunk neighbourhoods, V from the K projection), and the LoRA's."""
 import argparse
 
 
@@ -34,6 +35,7 @@ def run(args) -> int:
     run_config.model.newline = "grid"
     run_config.model.patches.sides = [args.side]
     run_config.model.patches.d_model, run_config.model.patches.layers = patch.d_model, patch.num_layers
+    run_config.model.patches.neighbourhood, run_config.model.patches.tie_v_to_k = patch.neighbourhood, patch.tie_v_to_k
     lora = final / "lora" / "adapter_config.json"
     if lora.exists():
         adapter = json.loads(lora.read_text())

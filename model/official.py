@@ -8,14 +8,11 @@ An official release directory holds (train_pave_w_feat.py):
 - config.json of its LLaVA model (the patch's own config is not saved; its shapes are read off the weights).
 
 Mapping: input_mapping -> side_in, query_input_mapping -> query_in, cross_attn_layers.i.attn.q_linear -> layers.i.attn.q,
-k_linear -> layers.i.attn.k AND layers.i.attn.v (the official forward computes V with its K projection; its v_linear
-is never used and is dropped), cross_attn_layers.i.ffn -> layers.i.ffn, output_mapping.{0,2} -> out.{0,2},
-output_norm -> out.4. LoRA keys gain HF LLaVA-OneVision's `language_model.` prefix. The newline layout is "grid"
-(every shipped official script trains with mm_newline_position=grid).
-
-What differs by design from the official module stays ours: each frame attends to the side tokens whose time spans
-meet its window instead of the equal index chunk of the side steps; they coincide for side steps evenly spread over
-the frames (tests/model/test_official_import.py).
+k_linear -> layers.i.attn.k, cross_attn_layers.i.ffn -> layers.i.ffn, output_mapping.{0,2} -> out.{0,2},
+output_norm -> out.4; the official forward computes V with its K projection, so the patch is tied (tie_v_to_k) and the
+never-used v_linear is dropped. LoRA keys gain HF LLaVA-OneVision's `language_model.` prefix. The newline layout is
+"grid" (every shipped official script trains with mm_newline_position=grid), and the patch's neighbourhoods follow
+the official index-chunk rule (model/patch.py), the side tokens each frame saw in training.
 """
 import json
 import re
@@ -61,8 +58,6 @@ def patch_state(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             unknown.append(key)
     if unknown:
         raise OfficialCheckpointError(f"patch weights this importer does not know: {unknown[:5]}")
-    for key in [k for k in ours if ".attn.k." in k]:
-        ours[key.replace(".attn.k.", ".attn.v.")] = ours[key].clone()  # V = K projection, as the official forward
     return ours
 
 
@@ -72,7 +67,8 @@ def patch_config(state: dict[str, torch.Tensor], num_heads: int) -> PatchConfig:
     return PatchConfig(side_dim=state["side_in.weight"].shape[1], query_dim=state["query_in.weight"].shape[1],
                        llm_dim=state["out.2.weight"].shape[0], d_model=state["side_in.weight"].shape[0],
                        num_heads=num_heads, num_layers=len(layers), ffn_dim=state["layers.0.ffn.1.weight"].shape[0],
-                       out_hidden=state["out.0.weight"].shape[0], dropout=0.0)
+                       out_hidden=state["out.0.weight"].shape[0], dropout=0.0, neighbourhood="official",
+                       tie_v_to_k=True)
 
 
 def read_lora(source: Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:

@@ -2,21 +2,29 @@
 channel (audio, high-frame-rate video, 3D, exo views, ...).
 
 For every video frame, its Q pre-projector SigLIP tokens are the queries; the keys/values are the side-channel
-tokens whose time span overlaps the frame's window [t_k - w, t_k + w]. N decoder layers
+tokens of the frame's neighbourhood (below). N decoder layers
 (x = CrossAttn(x, side) + x; x = FFN(x) + x) and an output MLP map the result to the LLM width; it is ADDED to the
 projected video tokens. The final LayerNorm starts at zero weight and bias, so a fresh patch is exactly a no-op.
 
 Parameter structure follows the reference PAVEModuleV5 (dragonlzm/PAVE): q/k/v Linears with bias and no output
 projection, bias-free FFN Linears after a LayerNorm, output dropout before the zero-init LayerNorm, no positional
-embedding. Differences: neighbourhoods come from timestamps instead of splitting the side steps into equal index
-chunks, the whole batch runs in one SDPA call (the reference loops over B=1), and V uses its own projection (the
-reference computes V with the K projection, leaving v_linear unused; the parameter count is the same).
+embedding. The whole batch runs in one SDPA call (the reference loops over B=1). V has its own projection unless
+`tie_v_to_k` (the reference computes V with the K projection, leaving its v_linear unused).
+
+Neighbourhoods, two rules (PatchConfig.neighbourhood):
+- "time": frame k attends to the side steps whose time spans meet its window [t_k - w, t_k + w]. Timestamps are the
+  truth: this holds for variable frame rates, late side streams and any step count.
+- "official": the reference's rule, which checkpoints imported from it were trained with. A sample's S steps are split
+  by index into one chunk per frame (F frames), sizes differing by at most one, the larger chunks first, and frame k
+  attends to chunk k; a sample with fewer steps than frames first has its steps linearly interpolated up to F (the
+  reference's trilinear, align_corners up-sampling along time). The two rules agree only when each frame has the
+  same number of steps centred on it (one 3D view per frame); for 2 s audio windows or 2 fps video they differ.
 
 Batched neighbourhoods: the side tokens of a batch are packed (no padding) with CSR offsets. For each frame we find
-the contiguous range of its sample's steps that contains every overlapping step (a single range when steps are
-sorted by time, which `SideBatch.pack` guarantees), gather K/V for that range padded to the longest range in the
-batch, and mask non-overlapping / padded keys. Each query block is one frame: batch = B*F, queries = Q tokens.
-A frame with no overlapping side token gets an exactly-zero output (no evidence -> no change to the LLM input).
+the contiguous range of its sample's steps that holds its neighbourhood (for "time" a single range because steps
+are sorted by time, which `SideBatch.pack` guarantees), gather K/V for that range padded to the longest range in the
+batch, and mask the keys outside the neighbourhood. Each query block is one frame: batch = B*F, queries = Q tokens.
+A frame with no side step gets an exactly-zero output (no evidence -> no change to the LLM input).
 """
 import json
 import math
@@ -41,7 +49,16 @@ class PatchConfig:
     out_hidden: int = 1024
     dropout: float = 0.0  # on the output MLP, before the zero-init LayerNorm; every shipped official PAVE config
     # trains with use_dropout=False (dragonlzm/PAVE scripts/*_train.sh), though its module's default is 0.1
-    window: float | None = None  # half-width w in seconds; None: half the median frame spacing of each sample
+    window: float | None = None  # "time" rule: half-width w in seconds; None: half the median frame spacing
+    neighbourhood: str = "time"  # one of NEIGHBOURHOODS (module docstring)
+    tie_v_to_k: bool = False  # values from the key projection (the reference's forward); no v projection
+
+    def __post_init__(self):
+        if self.neighbourhood not in NEIGHBOURHOODS:
+            raise ValueError(f"patch neighbourhood {self.neighbourhood!r}: expected one of {', '.join(NEIGHBOURHOODS)}")
+
+
+NEIGHBOURHOODS = ("time", "official")
 
 
 PRESETS = {"0.5b": PatchConfig(llm_dim=896), "7b": PatchConfig(llm_dim=3584)}
@@ -84,15 +101,66 @@ class SideBatch:
     def to(self, device) -> "SideBatch":
         return SideBatch(*(getattr(self, f).to(device) for f in ("tokens", "t_start", "t_end", "offsets")))
 
+    def upsampled(self, counts: torch.Tensor) -> "SideBatch":
+        """Each sample with fewer steps than counts[b] (and at least one) linearly interpolated to counts[b] steps,
+        the first and last kept (align_corners), tokens and times alike; the other samples as they are."""
+        lengths = self.offsets.diff()
+        if not ((lengths > 0) & (lengths < counts)).any():
+            return self
+        new_lengths = torch.where((lengths > 0) & (lengths < counts), counts, lengths)
+        sample = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), new_lengths)
+        offsets = F.pad(new_lengths.cumsum(0), (1, 0))
+        j = torch.arange(len(sample), device=lengths.device) - offsets[sample]  # position within its sample
+        # the source position of each new step: j * (S - 1) / (n - 1); identity for samples kept as they are
+        source = j.double() * (lengths[sample] - 1) / (new_lengths[sample] - 1).clamp(min=1)
+        low = source.floor().long()
+        frac = source - low
+        low_at, high_at = self.offsets[sample] + low, self.offsets[sample] + (low + 1).clamp(max=lengths[sample] - 1)
 
-def neighbourhoods(video: VideoBatch, side: SideBatch, window: float | None):
+        def lerp(values):
+            weight = frac.to(values.dtype).view(-1, *[1] * (values.dim() - 1))
+            return values[low_at] * (1 - weight) + values[high_at] * weight
+
+        return SideBatch(lerp(self.tokens), lerp(self.t_start), lerp(self.t_end), offsets)
+
+
+def neighbourhoods(video: VideoBatch, side: SideBatch, config: "PatchConfig"):
     """For each frame (flattened to B*F): indices [B*F, L] of its gathered side steps, a key mask [B*F, L] that keeps
-    exactly the steps overlapping [t - w, t + w], and whether the frame has any such step [B*F]."""
-    B, n_frames = video.times.shape
+    exactly its neighbourhood's steps (module docstring), and whether the frame has any step [B*F]."""
+    valid = torch.ones_like(video.times, dtype=torch.bool) if video.mask is None else video.mask.bool()
+    if config.neighbourhood == "official":
+        first, length = index_chunks(valid, side.offsets)
+        hit = None
+    else:
+        first, length, hit = time_windows(video.times.float(), valid, side, config.window)
+    L = max(int(length.max()), 1)  # one host sync: SDPA needs a static key length
+    steps = torch.arange(L, device=first.device)
+    idx = (first[..., None] + steps).clamp(max=max(side.tokens.shape[0] - 1, 0))  # [B, F, L]
+    key_mask = steps < length[..., None]
+    if hit is not None:
+        key_mask &= hit.gather(-1, idx)
+    has_keys = length > 0
+    key_mask[..., 0] |= ~has_keys  # keep SDPA finite for empty windows; those outputs are zeroed afterwards
+    return idx.flatten(0, 1), key_mask.flatten(0, 1), has_keys.flatten()
+
+
+def index_chunks(valid: torch.Tensor, offsets: torch.Tensor):
+    """The "official" rule: (first step [B, F], steps [B, F]) of each frame's chunk when each sample's steps are split
+    by index into one chunk per valid frame, the larger chunks first."""
+    frames = valid.sum(1, keepdim=True)  # valid frames come first
+    steps = offsets.diff()[:, None]
+    size, larger = steps // frames.clamp(min=1), steps % frames.clamp(min=1)
+    k = torch.arange(valid.shape[1], device=valid.device)[None]
+    first = offsets[:-1, None] + k * size + torch.minimum(k, larger)
+    return first, torch.where(valid, size + (k < larger).long(), 0)
+
+
+def time_windows(times: torch.Tensor, valid: torch.Tensor, side: SideBatch, window: float | None):
+    """The "time" rule: (first step [B, F], length of the range [B, F], hit [B, F, S]: whether each step overlaps the
+    frame's window [t - w, t + w]) of each frame's smallest range holding every overlapping step."""
+    B, n_frames = times.shape
     S = side.tokens.shape[0]
-    device = video.times.device
-    times = video.times.float()
-    valid = torch.ones_like(times, dtype=torch.bool) if video.mask is None else video.mask.bool()
+    device = times.device
     if window is not None:
         w = torch.full((B, 1), float(window), device=device)
     elif n_frames > 1:
@@ -111,13 +179,7 @@ def neighbourhoods(video: VideoBatch, side: SideBatch, window: float | None):
     pos = torch.arange(S, device=device)
     first = torch.where(hit, pos, S).amin(-1)
     length = (torch.where(hit, pos + 1, 0).amax(-1) - first).clamp(min=0)
-    L = max(int(length.max()), 1)  # one host sync: SDPA needs a static key length
-    steps = torch.arange(L, device=device)
-    idx = (first[..., None] + steps).clamp(max=S - 1)  # [B, F, L]
-    key_mask = hit.gather(-1, idx) & (steps < length[..., None])
-    has_keys = length > 0
-    key_mask[..., 0] |= ~has_keys  # keep SDPA finite for empty windows; those outputs are zeroed afterwards
-    return idx.flatten(0, 1), key_mask.flatten(0, 1), has_keys.flatten()
+    return first, length, hit
 
 
 class CrossAttention(nn.Module):
@@ -126,15 +188,17 @@ class CrossAttention(nn.Module):
         self.num_heads = cfg.num_heads
         self.q = nn.Linear(cfg.d_model, cfg.d_model)
         self.k = nn.Linear(cfg.d_model, cfg.d_model)
-        self.v = nn.Linear(cfg.d_model, cfg.d_model)
+        self.v = None if cfg.tie_v_to_k else nn.Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, x, memory, idx, key_mask):
         # x [N, Q, d] (N = B*F frames); memory [S, T, d] packed side tokens; idx/key_mask [N, L]
         N, Q, d = x.shape
         T, H = memory.shape[1], self.num_heads
         # project the packed tokens once, then gather each frame's range (frames share steps at window edges)
-        k = self.k(memory)[idx].view(N, -1, H, d // H).transpose(1, 2)  # [N, H, L*T, hd]
-        v = self.v(memory)[idx].view(N, -1, H, d // H).transpose(1, 2)
+        keys = self.k(memory)
+        k = keys[idx].view(N, -1, H, d // H).transpose(1, 2)  # [N, H, L*T, hd]
+        values = keys if self.v is None else self.v(memory)
+        v = values[idx].view(N, -1, H, d // H).transpose(1, 2)
         q = self.q(x).view(N, Q, H, d // H).transpose(1, 2)
         mask = key_mask.repeat_interleave(T, dim=1)[:, None, None, :]  # all T tokens of a step share its fate
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(N, Q, d)
@@ -182,7 +246,10 @@ class PavePatch(nn.Module):
         dtype = self.query_in.weight.dtype
         if side.tokens.shape[0] == 0:  # no sample of the batch has this side channel
             return video.features.new_zeros(B, n_frames, Q, self.config.llm_dim, dtype=dtype)
-        idx, key_mask, has_keys = neighbourhoods(video, side, self.config.window)
+        if self.config.neighbourhood == "official":
+            frames = torch.full((B,), n_frames) if video.mask is None else video.mask.sum(1)
+            side = side.upsampled(frames.to(side.offsets.device))
+        idx, key_mask, has_keys = neighbourhoods(video, side, self.config)
         x = self.query_in(video.features.to(dtype)).flatten(0, 1)  # [B*F, Q, d]
         memory = self.side_in(side.tokens.to(dtype))  # [S, T, d]
         for layer in self.layers:

@@ -47,6 +47,10 @@ class DataConfig:
     # node's workers; the epochs after the first read it instead of the network), at most cache_bytes of it
     cache: str = ""
     cache_bytes: int = 32 << 30
+    # which tokens carry the loss: "answer" (each assistant answer and its end-of-turn tokens) or "llava" (LLaVA-
+    # OneVision's convention, the official PAVE recipes': each whole assistant turn with its role header, plus every
+    # <|im_start|>, <|im_end|> and newline token of the conversation)
+    loss_tokens: Literal["answer", "llava"] = "answer"
 
 
 @with_config(STRICT)
@@ -55,6 +59,11 @@ class PatchesConfig:
     sides: Annotated[list[str], alias("--sides")] = field(default_factory=lambda: ["audio"])  # one patch each
     d_model: Annotated[int, alias("--patch-d-model")] = 512
     layers: Annotated[int, alias("--patch-layers")] = 2
+    # which side-channel steps each frame attends to: "time" (the steps whose time spans meet the frame's window) or
+    # "official" (the official PAVE code's: the steps split by index into one chunk per frame; checkpoints imported
+    # from it need it)
+    neighbourhood: Literal["time", "official"] = "time"
+    tie_v_to_k: bool = False  # attention values from the key projection, as the official PAVE module computes them
 
 
 @with_config(STRICT)
@@ -89,7 +98,8 @@ class ModelConfig:
 @with_config(STRICT)
 @dataclass
 class OptimConfig:
-    steps: Annotated[int, alias("--steps")] = 100  # optimizer steps
+    steps: Annotated[int, alias("--steps")] = 100  # optimizer steps (unless --optim.epochs is given)
+    epochs: float = 0.0  # > 0: train this many passes over the samples instead of --optim.steps steps
     grad_accum: Annotated[int, alias("--grad-accum")] = 1  # micro-batches per optimizer step
     lr: Annotated[float, alias("--lr")] = 2e-5
     warmup_ratio: float = 0.03

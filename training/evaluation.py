@@ -149,7 +149,7 @@ def checked_versions(given: EvalRequest, request: EvalRequest, run: RunConfig) -
                              storage_options=request.storage.options(request.store))
     if trained_on is None:
         return versions
-    current = provenance.record(request.local(request.base_model), versions, run.model.newline)
+    current = provenance.record(request.local(request.base_model), versions, run.model)
     store = f"--store {request.store}" if given.store else f"its store {request.store} now"
     base = f"--base-model {request.base_model}" if given.base_model else f"{request.base_model} now"
     if found := provenance.differences(trained_on, current, store, base):

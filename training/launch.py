@@ -156,7 +156,7 @@ def train(cfg: RunConfig, run: RunDir) -> None:
     base = local_copy(cfg.model.base, cfg.storage.options(cfg.model.base))
     check_video_fits(base, versions["video"].schema)
     check_resume(cfg, run)
-    check_resume_provenance(cfg, run, provenance.record(base, versions, cfg.model.newline))
+    check_resume_provenance(cfg, run, provenance.record(base, versions, cfg.model))
     save(cfg, run.path)
     run.push(RUN_CONFIG)
 

@@ -33,9 +33,10 @@ MEMORY_HEADROOM = 0.85  # of the free memory: allocator fragmentation, logits, t
 
 
 def patch_config(cfg: RunConfig, side_dim: int, query_dim: int, llm_dim: int) -> PatchConfig:
-    d = cfg.model.patches.d_model
-    return PatchConfig(side_dim=side_dim, query_dim=query_dim, llm_dim=llm_dim, d_model=d,
-                       num_layers=cfg.model.patches.layers, ffn_dim=2 * d, out_hidden=2 * d)
+    patches = cfg.model.patches
+    return PatchConfig(side_dim=side_dim, query_dim=query_dim, llm_dim=llm_dim, d_model=patches.d_model,
+                       num_layers=patches.layers, ffn_dim=2 * patches.d_model, out_hidden=2 * patches.d_model,
+                       neighbourhood=patches.neighbourhood, tie_v_to_k=patches.tie_v_to_k)
 
 
 def build_model(cfg: RunConfig, dims: dict[str, int], dtype: torch.dtype, base=None) -> PaveLlava:

@@ -3,11 +3,14 @@
 
     {"features": {"video": {"fingerprint": "1a2b...", "encoder": "siglip..."}, "audio": {...}},
      "layout": {"video_tokens_per_step": 729, "video_tokens": "full", "newline": "grid"},
+     "patches": {"neighbourhood": "time", "tie_v_to_k": false},
      "base": {"path": "/models/llava-ov-7b", "config_sha256": "...", "weights_digest": "..."}}
 
 Trained weights only make sense with the features and the base model they were trained on: patches and LoRA
 evaluated on another encoder's tokens or over another base still generate, just wrongly. So `pave eval` and a resumed
 `pave train` compare the recorded provenance with what they are about to use and refuse a difference, naming it.
+"patches" records which side tokens each frame's patch attended to; it is the checkpoint's own (its patch configs
+carry it), so there is nothing to compare it with.
 """
 import hashlib
 import json
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from featurestore import Version
 from model.llava import VideoLayout
-from training.config import ConfigError
+from training.config import ConfigError, ModelConfig
 
 PROVENANCE = "provenance.json"
 TENSOR_SAMPLE = 4096  # bytes read from each end of every tensor
@@ -69,20 +72,21 @@ def base_identity(base: str) -> dict:
             "weights_digest": weights_digest(path)}
 
 
-def record(base: str, versions: dict[str, Version], newline: str) -> dict:
+def record(base: str, versions: dict[str, Version], model: ModelConfig) -> dict:
     """The provenance of weights trained (or about to be used) on `versions` over the base model in `base` with the
-    `newline` video layout."""
+    video layout and patches of `model`."""
     from transformers import AutoConfig
 
     vision = AutoConfig.from_pretrained(base).vision_config
-    layout = VideoLayout(vision.image_size // vision.patch_size, newline)
+    layout = VideoLayout(vision.image_size // vision.patch_size, model.newline)
     tokens = versions["video"].schema.tokens_per_step
     return {
         "features": {m: {"fingerprint": v.fingerprint.id, "encoder": v.fingerprint.spec.get("encoder", "")}
                      for m, v in versions.items()},
         "layout": {"video_tokens_per_step": tokens,
                    "video_tokens": {layout.grid**2: "full", layout.side**2: "pooled"}.get(tokens, "other"),
-                   "newline": newline},
+                   "newline": model.newline},
+        "patches": {"neighbourhood": model.patches.neighbourhood, "tie_v_to_k": model.patches.tie_v_to_k},
         "base": base_identity(base),
     }
 

@@ -51,7 +51,7 @@ class Recipe:
         self.order = DataOrder(len(samples), world_size, cfg.data.batch_size, cfg.data.seed, cfg.data.shuffle)
         self.state = TrainState()
         # what the weights are trained on, recorded with every checkpoint and the export
-        self.provenance = provenance.record(cfg.model.base, versions, cfg.model.newline)
+        self.provenance = provenance.record(cfg.model.base, versions, cfg.model)
 
     @property
     def on_gpu(self) -> bool:

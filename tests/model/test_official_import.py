@@ -1,8 +1,12 @@
 """`pave import-checkpoint`: a checkpoint in the official PAVE layout, written here from a small re-implementation of
-the official module (index chunks, a B=1 loop, V from the K projection) and an official-style peft adapter on a
-Qwen2ForCausalLM, converts into our layout; the converted patch and LoRA give the official outputs."""
+the official module (a B=1 loop; each sample's side steps up-sampled to the frame count when fewer, trilinear with
+align_corners; split by index into one chunk per frame, the larger chunks first; V from the K projection) and an
+official-style peft adapter on a Qwen2ForCausalLM, converts into our layout; the converted patch and LoRA give the
+official outputs, on the side-channel shapes of the released features too."""
 import json
+import math
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ from transformers import LlavaOnevisionForConditionalGeneration, Qwen2ForCausalL
 
 from jobs.cli import main as pave
 from model.llava import PaveLlava
-from model.patch import SideBatch, VideoBatch
+from model.patch import PavePatch, SideBatch, VideoBatch
 from training.config import load
 
 SIDE_DIM, QUERY_DIM, D, HEADS, FRAMES, STEPS_PER_FRAME, Q = 12, 32, 16, 4, 4, 2, 4
@@ -26,15 +30,22 @@ class OfficialLayer(nn.Module):
         self.ffn = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, 2 * D, bias=False), nn.GELU(),
                                  nn.Linear(2 * D, D, bias=False))
 
-    def forward(self, query, memory):  # query [F, Q, D]; memory [F, L, D]: each frame's chunk
+    def forward(self, query, chunks):  # query [F, Q, D]; chunks: F tensors [L_k, D], frame k's side tokens
         def heads(x):
             return x.view(*x.shape[:2], HEADS, -1).transpose(1, 2)
 
-        q, k = heads(self.attn.q_linear(query)), heads(self.attn.k_linear(memory))
-        v = heads(self.attn.k_linear(memory))  # as the official forward: V from the K projection
-        attended = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-        query = attended + query
+        attended = []
+        for frame, chunk in zip(query, chunks):  # one frame at a time: chunks differ in length
+            q, k = heads(self.attn.q_linear(frame[None])), heads(self.attn.k_linear(chunk[None]))
+            v = heads(self.attn.k_linear(chunk[None]))  # as the official forward: V from the K projection
+            attended.append(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+        query = torch.cat(attended) + query
         return self.ffn(query) + query
+
+
+def split_list_lengths(total: int, parts: int) -> list[int]:
+    """Chunk sizes of `total` steps in `parts` chunks: differing by at most one, the larger ones first."""
+    return [total // parts + (k < total % parts) for k in range(parts)]
 
 
 class OfficialModule(nn.Module):
@@ -48,11 +59,19 @@ class OfficialModule(nn.Module):
         self.output_mapping = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, llm_dim))
         self.output_norm = nn.LayerNorm(llm_dim)
 
-    def forward(self, queries, side):  # one sample: queries [F, Q, QUERY_DIM], side [S, T, SIDE_DIM], S % F == 0
+    def forward(self, queries, side):  # one sample: queries [F, Q, QUERY_DIM], side [S, T, SIDE_DIM], T = H * W
+        frames, (steps, tokens, _) = len(queries), side.shape
+        if steps < frames:  # the feature as (C, T, H, W), up-sampled along T only
+            h = int(math.isqrt(tokens))
+            grid = side.permute(2, 0, 1).reshape(1, SIDE_DIM, steps, h, tokens // h)
+            grid = nn.functional.interpolate(grid, size=(frames, h, tokens // h), mode="trilinear",
+                                             align_corners=True)
+            side = grid.reshape(SIDE_DIM, frames, tokens).permute(1, 2, 0)
+        memory = self.input_mapping(side)
+        chunks = [c.flatten(0, 1) for c in memory.split(split_list_lengths(len(memory), frames))]
         x = self.query_input_mapping(queries)
-        memory = self.input_mapping(side).reshape(len(queries), -1, D)  # equal index chunks, one per frame
         for layer in self.cross_attn_layers:
-            x = layer(x, memory)
+            x = layer(x, chunks)
         return self.output_norm(self.output_mapping(x))
 
 
@@ -115,3 +134,67 @@ def test_a_directory_that_is_no_release_gets_one_clear_line(tmp_path, tiny_dir, 
     assert pave(["import-checkpoint", str(tmp_path), "--out", str(tmp_path / "out"), "--base-model", str(tiny_dir),
                  "--side", "audio"]) == 2
     assert re.search("no non_lora_trainables.bin .is this an official PAVE release", capsys.readouterr().err)
+
+
+# Side channels as the official release's features have them, beside 32 frames at the official indices of the clip:
+# (steps, tokens per step, step times t_start, t_end)
+RELEASED = {
+    "2 s ImageBind windows of a 60.5 s clip": (59, 1, torch.arange(59.0), torch.arange(59.0) + 2),
+    "AVSD's 29 audio steps, up-sampled": (29, 1, torch.arange(29.0), torch.arange(29.0) + 2),
+    "LanguageBind at 2 fps for 120 s": (240, 4, torch.arange(240) / 2, torch.arange(240) / 2 + 0.5),
+    "32 LLaVA-3D views": (32, 9, None, None),
+}
+
+
+def released_case(name: str, generator) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """(queries [32, Q, QUERY_DIM], frame times [32], side (tokens, t_start, t_end)) of one RELEASED case."""
+    steps, tokens, t0, t1 = RELEASED[name]
+    duration = 60.5 if t0 is None else float(t1[-1])
+    frame_t = torch.linspace(0, duration * 30 - 1, 32).round() / 30  # 30 fps, 32 evenly spread frame indices
+    if t0 is None:  # one view per frame, at the frame's time
+        t0 = t1 = frame_t
+    return (torch.randn(32, Q, QUERY_DIM, generator=generator), frame_t,
+            (torch.randn(steps, tokens, SIDE_DIM, generator=generator), t0.double(), t1.double()))
+
+
+def test_the_official_neighbourhoods_give_the_official_outputs_on_the_released_feature_shapes(official, tiny_dir,
+                                                                                             tmp_path):
+    directory, module, _ = official
+    out = tmp_path / "imported"
+    assert pave(["import-checkpoint", str(directory), "--out", str(out), "--base-model", str(tiny_dir),
+                 "--side", "audio"]) == 0
+    patch = PavePatch.from_pretrained(out / "patches" / "audio").eval()
+    run = load(out)
+    assert (patch.config.neighbourhood, patch.config.tie_v_to_k) == ("official", True)
+    assert (run.model.patches.neighbourhood, run.model.patches.tie_v_to_k) == ("official", True)
+    by_time = PavePatch(replace(patch.config, neighbourhood="time")).eval()
+    by_time.load_state_dict(patch.state_dict())
+
+    g = torch.Generator().manual_seed(1)
+    cases = [released_case(name, g) for name in RELEASED]
+    def batch(*chosen):
+        return (VideoBatch(torch.stack([c[0] for c in chosen]), torch.stack([c[1] for c in chosen])),
+                SideBatch.pack([c[2] for c in chosen]))
+
+    with torch.no_grad():
+        expected = torch.stack([module(queries, side[0]) for queries, _, side in cases])
+        ours = torch.cat([patch(*batch(c)) for c in cases])
+        timed = torch.cat([by_time(*batch(c)) for c in cases])
+        both_audio = patch(*batch(*cases[:2]))  # one batch of 59 and 29 steps: one up-sampled, one not
+    torch.testing.assert_close(both_audio, expected[:2], atol=1e-5, rtol=1e-5)
+    for k, name in enumerate(RELEASED):
+        torch.testing.assert_close(ours[k], expected[k], atol=1e-5, rtol=1e-5, msg=name)
+        off = (timed[k] - expected[k]).norm() / expected[k].norm()
+        if name == "32 LLaVA-3D views":  # one step per frame: both rules pick the frame's own view
+            assert off < 1e-5, off
+        else:
+            assert off > 0.1, (name, off)
+
+    # a sample with padded frames: chunks over its valid frames only, the padded frames unchanged (zero)
+    queries, frame_t, (tokens, t0, t1) = cases[0]
+    padded = VideoBatch(torch.cat([queries, queries[:4]])[None], torch.cat([frame_t, frame_t[:4] * 0])[None],
+                        torch.arange(36)[None] < 32)
+    with torch.no_grad():
+        result = patch(padded, SideBatch.pack([(tokens, t0, t1)]))
+    torch.testing.assert_close(result[0, :32], expected[0], atol=1e-5, rtol=1e-5)
+    assert not result[0, 32:].any()

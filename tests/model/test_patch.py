@@ -1,13 +1,14 @@
 """PavePatch: zero-init no-op, time-local neighbourhoods (perturbation + gradients), batched == per sample ==
 a naive per-frame loop, empty windows, parameter count of the reference 7B preset."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import modeldata
-from model.patch import PRESETS, PavePatch, SideBatch, VideoBatch
+from model.patch import PRESETS, PatchConfig, PavePatch, SideBatch, VideoBatch
 
 Q = 3
 
@@ -170,3 +171,25 @@ def test_loss_gradient_flows_to_every_patch_parameter():
     out = patch(modeldata.video([4, 4], Q, 20), modeldata.side_batch([9, 5], 2, 12, duration=8.0))
     F.mse_loss(out, torch.randn_like(out)).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in patch.parameters())
+
+
+def test_a_patch_with_v_tied_to_k_has_no_v_projection_and_saves_and_loads(tmp_path):
+    patch = PavePatch(PatchConfig(side_dim=6, query_dim=5, llm_dim=7, d_model=8, num_heads=2, tie_v_to_k=True))
+    assert not [name for name in patch.state_dict() if ".attn.v." in name]
+    for p in patch.parameters():
+        torch.nn.init.normal_(p)
+    video = VideoBatch(torch.randn(1, 2, 3, 5), torch.tensor([[0.5, 1.5]]))
+    side = SideBatch.pack([(torch.randn(4, 1, 6), torch.arange(4.0) / 2, torch.arange(4.0) / 2 + 0.5)])
+    patch.save_pretrained(tmp_path)
+    loaded = PavePatch.from_pretrained(tmp_path)
+    assert loaded.config.tie_v_to_k
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(video, side), patch(video, side))
+        untied = PavePatch(replace(patch.config, tie_v_to_k=False))
+        untied.load_state_dict({**patch.state_dict(), **{k.replace(".k.", ".v."): v for k, v in
+                                                       patch.state_dict().items() if ".attn.k." in k}})
+        torch.testing.assert_close(untied(video, side), patch(video, side))  # V = K projection, nothing else
+        untied.layers[0].attn.v.weight.add_(0.1)
+        assert not torch.allclose(untied(video, side), patch(video, side))
+    with pytest.raises(ValueError, match="patch neighbourhood 'chunks': expected one of time, official"):
+        PatchConfig(neighbourhood="chunks")

@@ -94,6 +94,7 @@ def test_the_export_and_every_checkpoint_record_what_the_run_was_trained_on(run)
                                     for m, encoder in (("video", "test-video-small"), ("audio", "test-audio"))}
     # 4 tokens per frame: the full 2x2 patch grid of the tiny base's vision tower; the default newline layout
     assert recorded["layout"] == {"video_tokens_per_step": 4, "video_tokens": "full", "newline": "grid"}
+    assert recorded["patches"] == {"neighbourhood": "time", "tie_v_to_k": False}  # a new run's defaults
     base = run["out"] / "base_model"
     assert recorded["base"]["path"] == str(base)
     assert recorded["base"]["config_sha256"] == hashlib.sha256((base / "config.json").read_bytes()).hexdigest()
@@ -164,7 +165,7 @@ def test_a_checkpoint_without_provenance_still_loads_with_a_warning(run, tmp_pat
     cfg = load(run["out"] / RUN_CONFIG)
     versions = open_versions(cfg.data.store, cfg.modalities, cfg.data.fingerprints)
     with caplog.at_level(logging.WARNING):
-        check_resume_provenance(cfg, out, record(cfg.model.base, versions, cfg.model.newline))
+        check_resume_provenance(cfg, out, record(cfg.model.base, versions, cfg.model))
     assert f"run 'provenance' has checkpoints written before provenance was recorded ({legacy.name})" in caplog.text
     recipe = Recipe(cfg, load_annotations(cfg.data.annotations), versions, torch.device("cpu")).setup()
     recipe.load(legacy)
