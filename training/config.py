@@ -246,7 +246,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     for flag, value in {"--optim.lr": cfg.optim.lr, "--optim.grad-clip": cfg.optim.grad_clip}.items():
         if not 0 < value < math.inf:
             raise ConfigError(f"{flag} must be a positive finite number, got {value}")
-    for flag, value in {"--optim.weight-decay": cfg.optim.weight_decay,
+    for flag, value in {"--optim.weight-decay": cfg.optim.weight_decay, "--optim.epochs": cfg.optim.epochs,
                         "--scale.gpus-per-worker": cfg.scale.gpus_per_worker,
                         "--scale.cpus-per-worker": cfg.scale.cpus_per_worker}.items():
         if not 0 <= value < math.inf:

@@ -51,7 +51,7 @@ def check_video_fits(base: str, video: TokenSchema) -> None:
 # moved run, a moved store or base model: check_resume_provenance checks that they hold the same features and weights). Any other change could
 # not be honoured (the optimizer state and schedule come from the checkpoint, the data order from the data
 # settings), so it is refused rather than recorded as if it had run.
-CHANGEABLE_ON_RESUME = ("out", "storage", "optim.steps", "data.store", "data.fingerprints", "data.pack",
+CHANGEABLE_ON_RESUME = ("out", "storage", "optim.steps", "optim.epochs", "data.store", "data.fingerprints", "data.pack",
                         "data.prefetch_batches", "data.cache", "data.cache_bytes",
                         "model.base", "model.compile", "model.activation_checkpointing", "model.attention",
                         "scale.gpus_per_worker", "scale.cpus_per_worker", "scale.strategy", "scale.grad_reduce",
@@ -146,7 +146,12 @@ def train(cfg: RunConfig, run: RunDir) -> None:
     check_samples(samples, versions, cfg.data.annotations)  # fail before any worker starts
     # the store versions trained on, recorded in the saved config: eval and resumed runs read the same ones
     cfg.data.fingerprints = {m: v.fingerprint.id for m, v in versions.items()}
-    DataOrder(len(samples), cfg.scale.workers, cfg.data.batch_size, cfg.data.seed)  # enough samples for one step
+    order = DataOrder(len(samples), cfg.scale.workers, cfg.data.batch_size, cfg.data.seed)  # fills one step
+    if cfg.optim.epochs:
+        cfg.optim.steps = math.ceil(cfg.optim.epochs * order.batches_per_epoch / cfg.optim.grad_accum)
+        log.info("--optim.epochs %g: %d optimizer steps (%d samples, %d micro-batches of %d per worker and epoch, "
+                 "%d per step)", cfg.optim.epochs, cfg.optim.steps, len(samples), order.batches_per_epoch,
+                 cfg.data.batch_size, cfg.optim.grad_accum)
     if cfg.model.tiny_base:  # saved under --out so that eval and resumed runs load the same one
         texts = [text for s in samples for _, text in s.turns]
         video = versions["video"].schema

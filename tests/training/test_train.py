@@ -161,15 +161,17 @@ def train_workers() -> list[psutil.Process]:
 
 def test_a_killed_run_resumes_the_exact_data_sequence(synthetic_store, ray_local, tmp_path):
     """14 samples, batch 2 on 2 workers: 3 micro-batches per epoch and worker, 2 per optimizer step, so steps
-    straddle epochs. A run whose worker is SIGKILLed after its second checkpoint restarts from a checkpoint and
-    logs exactly the (step, samples) sequence of an uninterrupted run."""
+    straddle epochs; 8 epochs are 12 steps. A run whose worker is SIGKILLed after its second checkpoint restarts from
+    a checkpoint and logs exactly the (step, samples) sequence of an uninterrupted run."""
     store, annotations = synthetic_store
     subset = tmp_path / "annotations14.json"
     subset.write_text(json.dumps(json.loads(Path(annotations).read_text())[:14]))
-    flags = ["--steps", "12", "--batch-size", "2", "--grad-accum", "2", "--checkpoint-every", "3",
+    flags = ["--optim.epochs", "8", "--batch-size", "2", "--grad-accum", "2", "--checkpoint-every", "3",
              "--report-every", "3", "--checkpoint.max-failures", "2"]
     reference = config(store, subset, tmp_path / "reference", *flags)
     fit(reference)
+    recorded = load(tmp_path / "reference" / RUN_CONFIG).optim
+    assert (recorded.epochs, recorded.steps) == (8, 12)
 
     killed = config(store, subset, tmp_path / "killed", *flags)
     out = tmp_path / "killed"
