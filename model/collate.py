@@ -1,8 +1,8 @@
-"""Batches for PaveLlava from feature rows: the chat prompt (the tokenizer's own chat template, Qwen2's for
-LLaVA-OneVision), the <video> placeholder expanded to the video's token count, labels only on answer tokens, padding
-to the longest sample of the batch (not a fixed length) or, with pack=True, the samples packed one after another
-into one sequence with per-sample position ids (no padding: transformers builds the block-causal mask from the
-position ids), and the side channels packed without padding."""
+"""Batches for PaveLlava from feature rows: the chat prompt (Qwen2's chat format, which the official PAVE code uses
+for training and eval), the <video> placeholder expanded to the video's token count, labels on the tokens that
+`loss_tokens` names, padding to the longest sample of the batch (not a fixed length) or, with pack=True, the samples
+packed one after another into one sequence with per-sample position ids (no padding: transformers builds the
+block-causal mask from the position ids), and the side channels packed without padding."""
 import json
 from dataclasses import dataclass
 
@@ -13,6 +13,21 @@ from model.llava import IGNORE_INDEX, VideoLayout, expand_video_tokens
 from model.patch import SideBatch, VideoBatch
 from model.varlen import packing_kwargs
 from pipelines.annotations import LEGACY_MARKER, VIDEO_MARKER
+
+# The Qwen2-Instruct tokenizer's chat template, which LLaVA-OneVision's tokenizer inherits. For text messages it
+# renders the official PAVE prompt: the system line "You are a helpful assistant." and ChatML turns. The Collator
+# passes it explicitly: a base saved through its processor carries the processor's template instead (it expects
+# structured content and renders our text messages as empty turns).
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# "answer": each assistant answer and its end-of-turn tokens; "llava": LLaVA-OneVision's masking, which the official
+# PAVE training uses: each whole assistant turn (its "<|im_start|>assistant\n" header too) and, anywhere in the
+# conversation, every <|im_start|>, <|im_end|> and newline token
+LOSS_TOKENS = ("answer", "llava")
 
 
 def as_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
@@ -33,7 +48,7 @@ def _rows(batch: dict) -> int:
 
 @dataclass
 class Collator:
-    tokenizer: object  # a transformers tokenizer with a chat template
+    tokenizer: object  # a transformers tokenizer with Qwen2's <|im_start|>, <|im_end|> and a <video> token
     video_token_id: int
     layout: VideoLayout  # the model's: how many LLM tokens a video of stored tokens becomes
     side_names: tuple[str, ...]
@@ -41,6 +56,16 @@ class Collator:
     compute_dtype: torch.dtype = torch.float32
     for_generation: bool = False  # True: prompt up to the answer, left padding, answers returned as text
     pack: bool = False  # training only: one sequence [1, sum of lengths] with position_ids instead of padding
+    loss_tokens: str = "answer"  # training only: one of LOSS_TOKENS
+
+    def __post_init__(self):
+        if self.loss_tokens not in LOSS_TOKENS:
+            raise ValueError(f"loss_tokens {self.loss_tokens!r}: expected one of {', '.join(LOSS_TOKENS)}")
+        # the token ids that "llava" labels wherever they occur: <|im_start|>, <|im_end|> and the newline
+        newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
+        if self.loss_tokens == "llava" and len(newline) != 1:
+            raise ValueError(f"loss_tokens 'llava' needs a tokenizer with one newline token; this one makes {newline}")
+        self._always_labelled = {*self.tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]), *newline}
 
     def _messages(self, turns: list) -> list[dict]:
         messages = [{"role": role, "content": text} for role, text in turns]
@@ -49,24 +74,40 @@ class Collator:
         first_user["content"] = text if VIDEO_MARKER in text else f"{VIDEO_MARKER}\n{text}"
         return messages
 
+    def _text(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, chat_template=QWEN2_CHAT_TEMPLATE, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+
     def _ids(self, messages: list[dict], generation_prompt: bool) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(self._text(messages, generation_prompt), add_special_tokens=False)["input_ids"]
+
+    def prompt(self, turns: list) -> str:
+        """The text generation continues: the conversation before its last answer, the assistant's turn opened."""
+        return self._text(self._messages(turns)[:-1], generation_prompt=True)
+
+    def _labels(self, messages: list[dict], ids: list[int]) -> list[int]:
+        whole_turn = self.loss_tokens == "llava"
+        labels = [IGNORE_INDEX] * len(ids)
+        for k, message in enumerate(messages):
+            if message["role"] == "assistant":
+                start = len(self._ids(messages[:k], generation_prompt=not whole_turn))
+                end = len(self._ids(messages[: k + 1], generation_prompt=False))
+                labels[start:end] = ids[start:end]
+        if whole_turn:
+            labels = [i if i in self._always_labelled else label for i, label in zip(ids, labels)]
+        # nothing before a sample's first token predicts it (in a packed batch, the previous sample's last one would)
+        return [IGNORE_INDEX] + labels[1:]
 
     def encode(self, turns: list, n_video_tokens: int) -> tuple[list[int], list[int]]:
-        """Token ids and labels of one conversation; labels are IGNORE_INDEX except on assistant turns."""
-        messages = self._messages(turns)
+        """Token ids and labels of one conversation; labels are IGNORE_INDEX except on the `loss_tokens` tokens (none
+        for generation) and never on the video's tokens."""
         if self.for_generation:
-            ids = self._ids(messages[:-1], generation_prompt=True)
+            ids = self.tokenizer(self.prompt(turns), add_special_tokens=False)["input_ids"]
             labels = [IGNORE_INDEX] * len(ids)
         else:
+            messages = self._messages(turns)
             ids = self._ids(messages, generation_prompt=False)
-            labels = [IGNORE_INDEX] * len(ids)
-            for k, message in enumerate(messages):
-                if message["role"] == "assistant":
-                    start = len(self._ids(messages[:k], generation_prompt=True))
-                    end = len(self._ids(messages[: k + 1], generation_prompt=False))
-                    labels[start:end] = ids[start:end]
+            labels = self._labels(messages, ids)
         at = ids.index(self.video_token_id)
         return (
             expand_video_tokens(ids, self.video_token_id, n_video_tokens),

@@ -8,15 +8,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast
 
+from model.collate import QWEN2_CHAT_TEMPLATE
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-# Qwen2 chat format; the <video> placeholder goes inside the user message, as in LLaVA conversation files
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 DEFAULT_WORDS = (
     "system user assistant You are a helpful assistant . , ? ! yes no what which when where how many is are was the "
     "a an of in on at to and or video audio sound sounds hear see there left right up down before after first last "
@@ -26,7 +20,8 @@ DEFAULT_WORDS = (
 
 
 def build_tiny_tokenizer(words=DEFAULT_WORDS, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (like Qwen2's, so any text round-trips) trained on `words`, with Qwen2 special tokens."""
+    """Byte-level BPE (like Qwen2's, so any text round-trips) trained on `words`, with Qwen2's special tokens and
+    chat template."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -37,7 +32,7 @@ def build_tiny_tokenizer(words=DEFAULT_WORDS, vocab_size: int = 512) -> PreTrain
     tok.train_from_iterator([" " + w for w in words] * 4, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        extra_special_tokens=["<|im_start|>", "<image>", "<video>"], chat_template=CHAT_TEMPLATE,
+        extra_special_tokens=["<|im_start|>", "<image>", "<video>"], chat_template=QWEN2_CHAT_TEMPLATE,
     )
 
 
