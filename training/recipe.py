@@ -66,7 +66,8 @@ class Recipe:
         log.info("LLM attention: %s", self.attention)
         dtypes = {m: v.schema.dtype for m, v in self.versions.items()}
         self.collate = Collator(AutoTokenizer.from_pretrained(cfg.model.base), self.model.hf.config.video_token_id,
-                                self.model.layout, tuple(cfg.sides), dtypes, dtype, pack=cfg.data.pack)
+                                self.model.layout, tuple(cfg.sides), dtypes, dtype, pack=cfg.data.pack,
+                                loss_tokens=cfg.data.loss_tokens)
         if self.on_gpu:
             torch.cuda.set_device(self.device)  # fully_shard and DDP place their buffers on the current device
             self.model.to(self.device)
