@@ -7,6 +7,7 @@ does not come from the input (our code, an encoder) stops the job with its trace
 
 
 def add_arguments(parser):
+    from pipelines.audio import AUDIO_WINDOWS
     from pipelines.materialize import DECODERS, ENCODER_DTYPES, Resources, Settings
     from pipelines.media import RESIZES
     from training.config import add_storage_arguments
@@ -30,6 +31,13 @@ def add_arguments(parser):
                         help=f"high frame rate sampling (default {settings.hfr_fps} fps)")
     parser.add_argument("--grid-3d", type=int, default=settings.grid_3d,
                         help=f"3D patches per side (default {settings.grid_3d})")
+    parser.add_argument("--audio-channel", type=int, metavar="N",
+                        help="audio from channel N alone (0: the first, as the PAVE release's ImageBind features "
+                             "were made) (default: the mean of the channels)")
+    parser.add_argument("--audio-windows", default=settings.audio.windows, choices=AUDIO_WINDOWS,
+                        help=f"2 s audio windows every 1 s: cover = until one reaches the track's end (the last may "
+                             f"be shorter), official = the PAVE release's int(T) - 1 whole windows, T the track's "
+                             f"length in seconds (default {settings.audio.windows})")
     parser.add_argument("--video-tokens", default=settings.video_tokens, choices=["full", "pooled"],
                         help=f"main video tokens: the full patch grid, projected then pooled by the model exactly as "
                              f"HF does, or pre-pooled (3.7x smaller; the projector then sees pooled tokens, unlike "
@@ -83,6 +91,7 @@ def run(args) -> int:
     import sys
 
     from jobs.ray_runtime import init_ray, output_path
+    from pipelines.audio import AudioWindows
     from pipelines.materialize import (MODALITIES, Resources, Settings, actor_gpus, check_settings, decode_on_gpus,
                                        materialize)
     from training.config import storage_config
@@ -99,14 +108,15 @@ def run(args) -> int:
         concurrency = tuple(int(n) for n in args.concurrency.split(","))
     except ValueError:
         raise SystemExit(f"--concurrency {args.concurrency!r}: expected a number N or a range MIN,MAX") from None
-    settings = Settings(frames=args.frames, video_tokens=args.video_tokens, hfr_fps=args.hfr_fps,
-                        grid_3d=args.grid_3d, dtype=args.dtype, vision_layer=args.vision_layer,
-                        encoder_dtype=args.encoder_dtype, resize=args.resize)
     resources = Resources(batch_size=args.batch_size, rows_per_forward=args.rows_per_forward,
                           concurrency=concurrency[0] if len(concurrency) == 1 else concurrency,
                           num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s,
                           decoder=args.decoder)
     try:
+        settings = Settings(frames=args.frames, video_tokens=args.video_tokens, hfr_fps=args.hfr_fps,
+                            grid_3d=args.grid_3d, dtype=args.dtype, vision_layer=args.vision_layer,
+                            encoder_dtype=args.encoder_dtype, resize=args.resize,
+                            audio=AudioWindows(channel=args.audio_channel, windows=args.audio_windows))
         check_settings(settings, resources)
     except ValueError as e:
         raise SystemExit(str(e)) from e

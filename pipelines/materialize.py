@@ -17,7 +17,8 @@ Modalities (what each row of the store holds):
 - video: `frames` frames uniform in time -> vision tower layer features, every patch (or, video_tokens="pooled",
          2x2 bilinear pooled); t = frame pts.
 - hfr:   the frames on screen every 1/hfr_fps s -> vision tower features pooled to 2x2 (4 tokens); t = frame pts.
-- audio: 2 s windows every 1 s (pipelines/audio.py) -> one token each; [t_start, t_end] = the window's span.
+- audio: 2 s windows every 1 s (pipelines/audio.py) -> one token each; [t_start, t_end] = the window's span. The
+         channels' mean or one channel, windows covering the track or the PAVE release's (Settings.audio).
 - exo:   `frames` frames of each exo view -> as video; t = view pts + the view's offset_s (the main timeline);
          extra `view` (int32); rows in time order, views at one time in view order.
 - 3d:    each posed RGB-D view -> world points -> grid x grid patches -> point tokens; t = the view's time;
