@@ -90,7 +90,7 @@ def run(args) -> int:
     import os
     import sys
 
-    from jobs.ray_runtime import init_ray, output_path
+    from jobs.ray_runtime import gpus_pending, init_ray, output_path
     from pipelines.audio import AudioWindows
     from pipelines.materialize import (MODALITIES, Resources, Settings, actor_gpus, check_settings, decode_on_gpus,
                                        materialize)
@@ -127,10 +127,7 @@ def run(args) -> int:
         decode_on_gpus(settings, resources, gpus)
     except ValueError as e:
         raise SystemExit(str(e)) from e
-    if gpus and not ray.cluster_resources().get("GPU"):
-        if not os.environ.get("RAY_ADDRESS"):  # a local Ray: no GPU will ever join, the job would wait forever
-            raise SystemExit(f"--num-gpus {args.num_gpus:g}: this machine has no GPU; leave --num-gpus out to encode "
-                             "on CPUs")
+    if gpus and gpus_pending(ray, f"--num-gpus {args.num_gpus:g}", "leave --num-gpus out to encode on CPUs"):
         print(f"pave materialize: --num-gpus {args.num_gpus:g} and no GPU in the cluster yet: the encoder actors wait "
               "for GPU nodes to join", file=sys.stderr)
     summary = materialize(read_items(args.input, args.root), store, args.modalities, encoder_paths, settings,

@@ -34,6 +34,17 @@ def init_ray(num_cpus: int | None = None):
     return ray
 
 
+def gpus_pending(ray, asked: str, instead: str) -> bool:
+    """For a job that asks for GPUs (`asked`: the flag and value that did): whether the cluster has none yet, so that
+    its workers wait for GPU nodes to join. On a local Ray none ever will and the job would wait forever: SystemExit
+    saying so and what to do `instead`."""
+    if ray.cluster_resources().get("GPU"):
+        return False
+    if not os.environ.get("RAY_ADDRESS"):
+        raise SystemExit(f"{asked}: this machine has no GPU; {instead}")
+    return True
+
+
 def output_path(path: str, flag: str, urls: bool = False) -> str:
     """Where a job writes or reads: an absolute local path, or (urls=True: what is reached through fsspec, as the
     feature store, a run directory and annotations are) a URL. Other outputs are written with plain file I/O and Ray

@@ -9,7 +9,7 @@ import time
 
 
 def main(argv: list[str]) -> int:
-    from jobs.ray_runtime import base_model_path, init_ray, output_dir, output_path
+    from jobs.ray_runtime import base_model_path, gpus_pending, init_ray, output_dir, output_path
     from training.checkpoint import NonFiniteError
     from training.config import parse
     from training.launch import fit
@@ -23,7 +23,11 @@ def main(argv: list[str]) -> int:
     cfg.data.annotations = output_path(cfg.data.annotations, "--annotations", urls=True)
     if cfg.model.base:
         cfg.model.base = base_model_path(output_path(cfg.model.base, "--base-model"))
-    init_ray()
+    ray = init_ray()
+    gpus = f"--scale.gpus-per-worker {cfg.scale.gpus_per_worker:g}"
+    if cfg.scale.gpus_per_worker and gpus_pending(ray, gpus, "give --scale.gpus-per-worker 0 to train on CPUs"):
+        print(f"pave train: {gpus} and no GPU in the cluster yet: the workers wait for GPU nodes to join",
+              file=sys.stderr)
     try:
         final = fit(cfg)
     except NonFiniteError as err:  # not bad input (exit 2): the run itself diverged

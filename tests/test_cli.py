@@ -32,6 +32,9 @@ HURRIED = {  # a typo'd command -> what its one line must say
         "pave train: --optim.weight-decay must be a finite number, 0 or more, got -1.0",
     "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --optim.epochs -2":
         "pave train: --optim.epochs must be a finite number, 0 or more, got -2.0",
+    "train --config recipes/avsd.yaml --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base":
+        "pave train: --scale.gpus-per-worker 1: this machine has no GPU; give --scale.gpus-per-worker 0 to train on "
+        "CPUs",
     "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --batch-size 0":
         "pave train: --data.batch-size must be at least 1, got 0",
     "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --data.prefetch-batches 0":
