@@ -206,13 +206,18 @@ class PaveLlava(nn.Module):
         return F.cross_entropy(logits, targets[keep])
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, video, side=None, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
-        """Greedy decoding from the patched video embeddings (left-pad batched prompts). Returns the new tokens
-        [B, <= max_new_tokens]; extra kwargs go to HF `generate` (e.g. eos_token_id)."""
-        embeds = self.embed(input_ids, video, side)
-        return self.hf.generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=False, **kwargs
-        )
+    def generate(self, input_ids, attention_mask, video, side=None, max_new_tokens: int = 32, eos_token_id=None,
+                 pad_token_id=None, video_keys: list | None = None, compile: bool | None = None) -> torch.Tensor:
+        """Greedy decoding of left-padded prompts, batched with a KV cache (model/generation.py). Returns the new
+        tokens [B, <= max_new_tokens], pad_token_id after a row's end. eos_token_id: an id or a list (default: the
+        generation config's; [] runs every row to max_new_tokens). video_keys: a key per row naming its video (and
+        side inputs): rows with the same key and prompt prefix prefill that prefix once. Inputs may be on the CPU:
+        what is used moves to the model's device. compile: the decode step compiled into CUDA graphs (None: on a
+        GPU)."""
+        from model.generation import greedy
+
+        return greedy(self, input_ids, attention_mask, video, side or {}, max_new_tokens, eos_token_id, pad_token_id,
+                      video_keys, compile)
 
     def save_pretrained(self, directory) -> None:
         """directory/lora/ (peft adapter, when LoRA is on) + directory/patches/<name>/{config.json,model.safetensors}."""
