@@ -133,7 +133,11 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 8
-    max_new_tokens: int = 16
+    # the most new tokens `pave eval` generates for an answer; 0 (auto): `pave train` records here the longest answer
+    # of its annotations in tokens plus a margin (training/evaluation.py, answer_budget), so that eval cuts no answer
+    # of the length the run was trained to give (runs recorded before auto keep their number, often 16)
+    max_new_tokens: int = 0
+    compile: bool | None = None  # eval's decode step compiled into CUDA graphs (model/generation.py); None: on GPUs
 
 
 @with_config(STRICT)
@@ -237,11 +241,13 @@ def validate(cfg: RunConfig) -> RunConfig:
                 "--model.patches.d-model": cfg.model.patches.d_model,
                 "--model.patches.layers": cfg.model.patches.layers,
                 "--model.lora.r": cfg.model.lora.r, "--model.lora.alpha": cfg.model.lora.alpha,
-                "--data.prefetch-batches": cfg.data.prefetch_batches, "--data.cache-bytes": cfg.data.cache_bytes, "--eval.batch-size": cfg.eval.batch_size,
-                "--eval.max-new-tokens": cfg.eval.max_new_tokens}
+                "--data.prefetch-batches": cfg.data.prefetch_batches, "--data.cache-bytes": cfg.data.cache_bytes, "--eval.batch-size": cfg.eval.batch_size}
     for flag, value in positive.items():
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if cfg.eval.max_new_tokens < 0:
+        raise ConfigError(f"--eval.max-new-tokens must be 0 (auto: the longest training answer) or more, got "
+                          f"{cfg.eval.max_new_tokens}")
     # `not (...)` so that NaN, which fails every comparison, is refused too
     for flag, value in {"--optim.lr": cfg.optim.lr, "--optim.grad-clip": cfg.optim.grad_clip}.items():
         if not 0 < value < math.inf:

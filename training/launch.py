@@ -14,6 +14,7 @@ from training import checkpoint, provenance, tracking
 from training.checkpoint import NonFiniteError
 from training.config import RUN_CONFIG, ConfigError, RunConfig, load, save, to_dict
 from training.data import DataOrder
+from training.evaluation import answer_budget
 from training.lock import RunLock
 from training.provenance import ProvenanceError
 from training.rundir import RunDir, local_copy
@@ -159,6 +160,8 @@ def train(cfg: RunConfig, run: RunDir) -> None:
         run.push("base_model")
         cfg.model.base, cfg.model.tiny_base = run.location("base_model"), False
     base = local_copy(cfg.model.base, cfg.storage.options(cfg.model.base))
+    if not cfg.eval.max_new_tokens:  # auto: eval's answer length, from this run's answers, recorded in its config
+        cfg.eval.max_new_tokens = answer_budget(base, samples)
     check_video_fits(base, versions["video"].schema)
     check_resume(cfg, run)
     check_resume_provenance(cfg, run, provenance.record(base, versions, cfg.model))
