@@ -20,7 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="Ray actors generating in parallel (default 1)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=0, help="default: the run config's eval.batch_size")
-    parser.add_argument("--max-new-tokens", type=int, default=0, help="default: the run config's eval.max_new_tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=0,
+                        help="the most new tokens of an answer (default: the run config's eval.max_new_tokens, which "
+                             "`pave train` sets to its longest answer plus a margin; without one, the longest answer "
+                             "of --annotations plus a margin)")
+    parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples of --annotations only")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile the decode step into CUDA graphs (default: the run config's eval.compile; "
+                             "unset there: on GPUs)")
     parser.add_argument("--name", default="", help="label of this model in the report (default: checkpoint dir)")
     parser.add_argument("--task", help="a paper task (music-avqa, avsd, scanqa, sqa3d): generate with its official "
                                        "settings (greedy, up to 1024 new tokens, batch 1; flags given override) and "
@@ -46,6 +53,9 @@ def official_task(args):
     from tasks.common import TaskDataError
 
     module = task(args.task)
+    if args.limit is not None:
+        raise TaskDataError(f"--limit {args.limit} evaluates part of the questions, and --task {args.task}'s official "
+                            "scores need every one: drop --limit, or --task to generate without the official scores")
     if not hasattr(module, "score"):
         raise TaskDataError(f"--task {args.task}: no official scorer here (its benchmarks, VideoMME and MVBench, are "
                             "scored by lmms-eval); evaluate without --task")
@@ -74,8 +84,8 @@ def run(args) -> int:
     storage = storage_config(args)
     request = EvalRequest(args.annotations, args.checkpoint, args.store, args.base_model,
                           fingerprints(args.fingerprint), args.workers, args.gpus_per_worker,
-                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                          allow_mismatch=args.allow_mismatch, storage=storage)
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                          compile=args.compile, allow_mismatch=args.allow_mismatch, storage=storage)
     with RunDir(output_dir(args.out, "--out", urls=True), storage.options(args.out)) as out:
         ray = init_ray()
         ray.data.DataContext.get_current().enable_progress_bars = True  # generation progress, with an ETA

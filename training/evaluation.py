@@ -8,6 +8,11 @@ also carries its provenance (training/provenance.py): features, token layout and
 trained on are refused before any generation, unless allowed explicitly (--allow-mismatch). The checkpoint, its base
 model and the store may be on an object store (URLs, reached with the request's storage options): the driver and
 every actor read node-local copies of the checkpoint and base model (training/rundir.py).
+
+Speed: the driver orders the samples so that a batch pads little and holds the questions on one video together
+(generation_order); each actor generates a batch at once with a KV cache, each video's prompt prefix prefilled once
+(model/generation.py). Predictions are reported per id, in id order. Answers are cut at max_new_tokens: the run's
+recorded answer length by default (answer_budget); every answer cut there without its end is counted and warned of.
 """
 import json
 import logging
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from featurestore import FeatureStore, Version
 from featurestore.files import Files
-from pipelines.annotations import load_annotations
+from pipelines.annotations import Sample, load_annotations
 from pipelines.training_data import check_samples, feature_dataset, modality_dtypes, open_versions
 from training import provenance
 from training.config import RUN_CONFIG, ConfigError, RunConfig, StorageConfig, load
@@ -55,9 +60,16 @@ class EvalRequest:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     batch_size: int = 0  # 0: the run config's eval.batch_size
-    max_new_tokens: int = 0  # 0: the run config's eval.max_new_tokens
+    max_new_tokens: int = 0  # 0: the run config's eval.max_new_tokens (auto there: see evaluate)
+    limit: int | None = None  # evaluate the first `limit` samples of the annotations only
+    compile: bool | None = None  # None: the run config's eval.compile
     allow_mismatch: bool = False  # evaluate on features or a base model other than the checkpoint's, with a warning
     storage: StorageConfig = field(default_factory=StorageConfig)  # how URLs among the above are reached
+
+    def __post_init__(self):  # refused before any work
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit {self.limit}: give the number of samples to evaluate (the first of "
+                              "--annotations), at least 1; or leave --limit out to evaluate them all")
 
     def local(self, url: str) -> str:
         """A node-local copy of the directory at `url` (itself when local)."""
@@ -83,18 +95,44 @@ class EvalRequest:
         filled = replace(self, store=self.store or run.data.store, base_model=self.base_model or run.model.base,
                          fingerprints={**run.data.fingerprints, **self.fingerprints},
                          batch_size=self.batch_size or run.eval.batch_size,
-                         max_new_tokens=self.max_new_tokens or run.eval.max_new_tokens)
+                         max_new_tokens=self.max_new_tokens or run.eval.max_new_tokens,
+                         compile=run.eval.compile if self.compile is None else self.compile)
         for flag, value in {"--store": filled.store, "--base-model": filled.base_model}.items():
             if not value:
                 raise ConfigError(f"{flag} is required without a --checkpoint that records it")
-        if self.workers < 1 or filled.batch_size < 1 or filled.max_new_tokens < 1:
-            raise ConfigError("--workers, --batch-size and --max-new-tokens must be at least 1")
+        if self.workers < 1 or filled.batch_size < 1 or filled.max_new_tokens < 0:
+            raise ConfigError("--workers and --batch-size must be at least 1, --max-new-tokens 0 (auto) or more")
         return run, filled
+
+
+def answer_budget(model_dir: str, samples: list[Sample]) -> int:
+    """New tokens for eval to generate at most: the longest assistant turn of `samples` in the tokens of the model in
+    `model_dir`, its end token, and a margin of a quarter (at least 8 tokens) for answers a little longer than any
+    seen."""
+    from transformers import AutoTokenizer
+
+    texts = sorted({text for s in samples for role, text in s.turns if role == "assistant"})
+    tokens = AutoTokenizer.from_pretrained(model_dir)(texts, add_special_tokens=False)["input_ids"]
+    longest = max(map(len, tokens), default=0)
+    return longest + 1 + max(8, longest // 4)
+
+
+def generation_order(samples: list[Sample], video: Version) -> list[Sample]:
+    """The order the samples are generated in, cut into batches: by prompt length, so that a batch pads little, with
+    the questions on one video next to each other, so that its prefix is prefilled once (model/generation.py). A
+    video's tokens are counted by its stored frames, a question's by its characters (a sort key only)."""
+    rows = video.index().rows
+    frames = {s.video_id: rows[s.video_id][2] - rows[s.video_id][1] for s in samples}
+    text = {s.id: sum(len(t) for _, t in s.turns[:-1]) for s in samples}
+    longest = {}
+    for s in samples:
+        longest[s.video_id] = max(longest.get(s.video_id, 0), text[s.id])
+    return sorted(samples, key=lambda s: (frames[s.video_id], longest[s.video_id], s.video_id, text[s.id], s.id))
 
 
 class Generate:
     """Ray Data callable class: one model per actor, on its GPU when Ray gave it one; a batch of feature rows in,
-    one row per sample out (id, answer, prediction, worker)."""
+    one row per sample out (id, answer, prediction, whether it hit max_new_tokens without its end, worker)."""
 
     def __init__(self, request: "EvalRequest", newline: str, sides: list[str], dtypes: dict[str, str]):
         import torch
@@ -112,20 +150,21 @@ class Generate:
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
         self.collate = Collator(self.tokenizer, self.model.hf.config.video_token_id, self.model.layout, tuple(sides),
                                 dtypes, dtype, for_generation=True)
-        self.max_new_tokens = request.max_new_tokens
+        self.max_new_tokens, self.compile = request.max_new_tokens, request.compile
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, rows: dict) -> dict:
-        batch = self.collate(rows)
+        batch = self.collate(rows)  # on the CPU: generate moves what it uses (each shared video once)
+        eos = self.tokenizer.eos_token_id
         new_tokens = self.model.generate(
-            batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
-            batch["video"].to(self.device), {k: v.to(self.device) for k, v in batch["side"].items()},
-            max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
+            batch["input_ids"], batch["attention_mask"], batch["video"], batch["side"],
+            max_new_tokens=self.max_new_tokens, eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id,
+            video_keys=list(rows["video_id"]), compile=self.compile,
         )
+        hit_limit = [len(row) == self.max_new_tokens and eos not in row for row in new_tokens.tolist()]
         predictions = [p.strip() for p in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return {"id": batch["sample_ids"], "answer": batch["answers"], "prediction": predictions,
-                "worker": [self.worker] * len(predictions)}
+                "hit_limit": hit_limit, "worker": [self.worker] * len(predictions)}
 
 
 def checked_versions(given: EvalRequest, request: EvalRequest, run: RunConfig) -> dict[str, Version]:
@@ -161,31 +200,43 @@ def checked_versions(given: EvalRequest, request: EvalRequest, run: RunConfig) -
 
 
 def evaluate(request: EvalRequest) -> dict:
-    """Generate for every sample of request.annotations on request.workers Ray actors and score; the report (a dict)
-    holds the metrics, every prediction (sorted by id) and the workers that generated."""
+    """Generate for every sample of request.annotations (the first request.limit) on request.workers Ray actors and
+    score; the report (a dict) holds the metrics (with how many answers hit max_new_tokens without their end), every
+    prediction (sorted by id) and the workers that generated."""
     import ray
 
     given = request
     run, request = request.resolve()
-    samples = load_annotations(request.annotations, request.storage.options(request.annotations))
+    samples = load_annotations(request.annotations, request.storage.options(request.annotations))[:request.limit]
     versions = checked_versions(given, request, run)
     check_samples(samples, versions, request.annotations)
-    generation = feature_dataset(samples, versions).map_batches(
+    if not request.max_new_tokens:  # no answer length recorded: the base model alone, or an imported checkpoint
+        request = replace(request, max_new_tokens=answer_budget(request.local(request.base_model), samples))
+        log.warning("no answer length recorded in a run config: generating up to %d new tokens, the longest answer "
+                    "of %s plus a margin (--max-new-tokens sets it)", request.max_new_tokens, request.annotations)
+    generation = feature_dataset(generation_order(samples, versions["video"]), versions).map_batches(
         Generate, batch_size=request.batch_size, num_gpus=request.gpus_per_worker, num_cpus=request.cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=request.workers, max_tasks_in_flight_per_actor=1),
         fn_constructor_kwargs=dict(request=request, newline=run.model.newline, sides=run.sides,
                                    dtypes=modality_dtypes(versions)),
     )
-    # Batches of consecutive samples in file order, whatever the number of workers (a prediction can depend on the
-    # padding its batch needs), handed out only once every actor has its model (else the first one takes them all).
+    # Batches of consecutive samples in generation order, whatever the number of workers: a prediction equals what
+    # its prompt gives alone in exact arithmetic, but in bf16 on a GPU the kernels' rounding follows the batch's
+    # shape, so fixed batches keep a report reproducible. Handed out only once every actor has its model (else the
+    # first one takes them all).
     generation.context.execution_options.preserve_order = True
     generation.context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     generated = generation.take_all()
     rows = sorted(({k: str(row[k]) for k in ("id", "answer", "prediction")} for row in generated),
                   key=lambda r: r["id"])
     metrics = score([r["prediction"] for r in rows], [r["answer"] for r in rows])
+    metrics["hit_limit"] = sum(bool(row["hit_limit"]) for row in generated)
+    if metrics["hit_limit"]:
+        log.warning("%d of %d answers hit the limit of %d new tokens without their end (cut short); raise it with "
+                    "--max-new-tokens", metrics["hit_limit"], len(rows), request.max_new_tokens)
     return {"checkpoint": request.checkpoint, "base_model": request.base_model, "sides": run.sides,
-            "metrics": metrics, "predictions": rows, "workers": sorted({str(row["worker"]) for row in generated})}
+            "max_new_tokens": request.max_new_tokens, "metrics": metrics, "predictions": rows,
+            "workers": sorted({str(row["worker"]) for row in generated})}
 
 
 REPORT = "report.json"
@@ -196,8 +247,9 @@ def write_report(report: dict, out: RunDir, name: str) -> None:
     (out.path / REPORT).write_text(json.dumps({"name": name, **report}, indent=2))
     m = report["metrics"]
     lines = [f"# Evaluation: {name}", "", f"checkpoint: `{report['checkpoint'] or '(base model)'}`", "",
-             "| samples | exact match | CIDEr |", "|---:|---:|---:|",
-             f"| {m['n']} | {m['exact_match']:.3f} | {m['cider']:.3f} |", "",
+             f"| samples | exact match | CIDEr | cut at {report['max_new_tokens']} new tokens |",
+             "|---:|---:|---:|---:|",
+             f"| {m['n']} | {m['exact_match']:.3f} | {m['cider']:.3f} | {m['hit_limit']} |", "",
              "| id | answer | prediction |", "|---|---|---|"]
     lines += [f"| {r['id']} | {r['answer']} | {r['prediction']} |" for r in report["predictions"]]
     (out.path / "report.md").write_text("\n".join(lines) + "\n")

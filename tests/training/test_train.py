@@ -11,7 +11,9 @@ import psutil
 import pytest
 
 from jobs.cli import main as pave
+from pipelines.annotations import load_annotations
 from training.config import RUN_CONFIG, load, parse
+from training.evaluation import answer_budget
 from training.launch import fit
 from training.loop import DATA_ORDER, WORKER_METRICS, read_rank_log
 from training.tracking import METRICS
@@ -110,6 +112,10 @@ def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_repo
         del report["workers"]
     assert reports[1] == reports[2]
     assert reports[1]["metrics"]["n"] == 16
+    # the answer length `pave train` recorded (its longest answer plus a margin) is the one eval generates up to
+    run = load(final)
+    assert reports[1]["max_new_tokens"] == run.eval.max_new_tokens == answer_budget(run.model.base,
+                                                                                      load_annotations(annotations))
     assert [r["id"] for r in reports[1]["predictions"]] == [f"v{i:03d}-q0" for i in range(16)]
     assert "| 16 |" in (tmp_path / "eval2" / "report.md").read_text()
 
