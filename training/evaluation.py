@@ -117,12 +117,10 @@ def answer_budget(model_dir: str, samples: list[Sample]) -> int:
     return longest + 1 + max(8, longest // 4)
 
 
-def generation_order(samples: list[Sample], video: Version) -> list[Sample]:
+def generation_order(samples: list[Sample], frames: dict[str, int]) -> list[Sample]:
     """The order the samples are generated in, cut into batches: by prompt length, so that a batch pads little, with
     the questions on one video next to each other, so that its prefix is prefilled once (model/generation.py). A
-    video's tokens are counted by its stored frames, a question's by its characters (a sort key only)."""
-    rows = video.index().rows
-    frames = {s.video_id: rows[s.video_id][2] - rows[s.video_id][1] for s in samples}
+    video's tokens are counted by its stored `frames`, a question's by its characters (a sort key only)."""
     text = {s.id: sum(len(t) for _, t in s.turns[:-1]) for s in samples}
     longest = {}
     for s in samples:
@@ -214,7 +212,9 @@ def evaluate(request: EvalRequest) -> dict:
         request = replace(request, max_new_tokens=answer_budget(request.local(request.base_model), samples))
         log.warning("no answer length recorded in a run config: generating up to %d new tokens, the longest answer "
                     "of %s plus a margin (--max-new-tokens sets it)", request.max_new_tokens, request.annotations)
-    generation = feature_dataset(generation_order(samples, versions["video"]), versions).map_batches(
+    stored = versions["video"].index().rows  # item -> (part, first row, end row): a row is a frame
+    order = generation_order(samples, {s.video_id: stored[s.video_id][2] - stored[s.video_id][1] for s in samples})
+    generation = feature_dataset(order, versions).map_batches(
         Generate, batch_size=request.batch_size, num_gpus=request.gpus_per_worker, num_cpus=request.cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=request.workers, max_tasks_in_flight_per_actor=1),
         fn_constructor_kwargs=dict(request=request, newline=run.model.newline, sides=run.sides,
