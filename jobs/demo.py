@@ -13,7 +13,7 @@ from pathlib import Path
 
 def add_arguments(parser):
     parser.add_argument("--workdir", type=Path, default=Path("demo_out"), help="everything goes here (default demo_out)")
-    parser.add_argument("--videos", type=int, default=64, help="takes in the synthetic corpus (default 64)")
+    parser.add_argument("--num-videos", type=int, default=64, help="takes in the synthetic corpus (default 64)")
     parser.add_argument("--steps", type=int, default=200, help="training steps per model (default 200)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate for both trained models (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
@@ -37,7 +37,7 @@ def run(args) -> int:
         timings[name] = time.perf_counter() - t0
 
     if not (corpus / "manifest.jsonl").exists():
-        stage("corpus", "make-corpus", corpus, "--videos", args.videos, "--seed", args.seed)
+        stage("corpus", "make-corpus", corpus, "--num-videos", args.num_videos, "--seed", args.seed)
     train_json, eval_json = corpus / "annotations" / "train.json", corpus / "annotations" / "eval.json"
     samples = load_annotations(train_json) + load_annotations(eval_json)
     base = save_tiny_base(work / "base_model", [text for s in samples for _, text in s.turns], args.seed)

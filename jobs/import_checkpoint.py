@@ -1,4 +1,4 @@
-"""`pave import-checkpoint SRC --out DIR --base-model BASE --side audio`: an official PAVE release (dragonlzm/PAVE:
+"""`pave import-checkpoint SRC --out DIR --base-model BASE --sides audio`: an official PAVE release (dragonlzm/PAVE:
 non_lora_trainables.bin + peft adapter) as a checkpoint `pave eval --checkpoint DIR` loads (model/official.py), with
 a run config recording the base model, the side channel, the grid newline layout and the patch's shapes and
 official semantics (index-chunk neighbourhoods, V from the K projection), and the LoRA's."""
@@ -9,7 +9,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="the official release directory")
     parser.add_argument("--out", required=True, help="where our checkpoint goes (a new directory)")
     parser.add_argument("--base-model", required=True, help="local LLaVA-OneVision directory it was trained on")
-    parser.add_argument("--side", required=True, help="the side channel the patch reads (audio, 3d, hfr, ...)")
+    parser.add_argument("--sides", dest="side", required=True, metavar="SIDE",
+                        help="the side channel the patch reads (audio, 3d, hfr, ...): one, as a release has one patch")
     parser.add_argument("--store", default="", help="feature store eval reads by default (else pass --store to eval)")
     parser.add_argument("--num-heads", type=int, default=4, help="patch attention heads (4 in every shipped config)")
 

@@ -57,7 +57,7 @@ def add_arguments(parser):
                              f"(default {resources.decoder})")
     parser.add_argument("--vision-layer", type=int,
                         help="hidden layer of the vision tower (default: the LLaVA config's, else -1)")
-    parser.add_argument("--batch-size", type=int, default=resources.batch_size,
+    parser.add_argument("--items-per-call", type=int, default=resources.batch_size,
                         help=f"items per encoder call (default {resources.batch_size})")
     parser.add_argument("--rows-per-forward", type=int, default=resources.rows_per_forward,
                         help=f"frames/windows/views per encoder forward pass (default {resources.rows_per_forward})")
@@ -108,7 +108,7 @@ def run(args) -> int:
         concurrency = tuple(int(n) for n in args.concurrency.split(","))
     except ValueError:
         raise SystemExit(f"--concurrency {args.concurrency!r}: expected a number N or a range MIN,MAX") from None
-    resources = Resources(batch_size=args.batch_size, rows_per_forward=args.rows_per_forward,
+    resources = Resources(batch_size=args.items_per_call, rows_per_forward=args.rows_per_forward,
                           concurrency=concurrency[0] if len(concurrency) == 1 else concurrency,
                           num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s,
                           decoder=args.decoder)

@@ -6,24 +6,38 @@ from pathlib import Path
 from training.config import add_storage_arguments, storage_config
 
 
+def add_store(action) -> None:
+    """--store, as every command names the store; the positional STORE of earlier releases still works."""
+    action.add_argument("--store", help="feature store path or fsspec URL")
+    action.add_argument("store_path", nargs="?", metavar="STORE", help="the same, as earlier releases took it")
+
+
+def store_of(args) -> str:
+    if args.store and args.store_path and args.store != args.store_path:
+        raise SystemExit(f"two stores given: --store {args.store} and {args.store_path}; give one")
+    if not (args.store or args.store_path):
+        raise SystemExit("--store is required: the feature store's path or URL")
+    return args.store or args.store_path
+
+
 def add_arguments(parser):
-    sub = parser.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    sub = parser.add_subparsers(dest="store_command", required=True, metavar="ACTION", parser_class=type(parser))
     ls = sub.add_parser("ls", help="versions: modality, fingerprint, schema, items ok/failed, size")
-    ls.add_argument("store")
+    add_store(ls)
     inspect = sub.add_parser("inspect", help="one video's rows in every version that has it")
-    inspect.add_argument("store")
-    inspect.add_argument("video_id")
+    inspect.add_argument("--item", dest="video_id", required=True, help="the item (video) id")
+    add_store(inspect)
     inspect.add_argument("--modality")
     inspect.add_argument("--fingerprint", help="fingerprint id or a unique prefix of it")
     verify = sub.add_parser("verify", help="checksums, index consistency, NaN/inf scan, parts without a commit "
                                            "record; exit 1 on any problem")
-    verify.add_argument("store")
+    add_store(verify)
     verify.add_argument("--grace-s", type=float, default=3600.0,
                         help="a finished part without a commit record idle longer than this is a problem (gc "
                              "removes it with this --grace-s); younger ones are warnings (default 3600)")
     gc = sub.add_parser("gc", help="drop versions not kept, uncommitted parts of dead writers, stale claims; prints "
                                    "what it removes and what it spares, with why")
-    gc.add_argument("store")
+    add_store(gc)
     gc.add_argument("--keep", nargs="+", required=True, metavar="FP", help="fingerprint ids to keep (exact)")
     gc.add_argument("--grace-s", type=float, default=3600.0,
                     help="keep uncommitted parts whose writer showed life this recently (default 3600)")
@@ -49,6 +63,7 @@ def run(args) -> int:
     if args.store_command == "import":
         return _import(args)
     action = {"ls": _ls, "inspect": _inspect, "verify": _verify, "gc": _gc}[args.store_command]
+    args.store = store_of(args)
     store = FeatureStore(args.store, storage_config(args).options(args.store))
     try:
         store.check_root()  # a mistyped path must not read as an empty, healthy store

@@ -109,7 +109,7 @@ def make_corpus(out_dir: str | Path, n_videos: int, seed: int = 0, webdataset: b
     if n_videos < 1:
         raise ValueError(f"n_videos must be at least 1, got {n_videos}")
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise ValueError(f"processes must be at least 1, got {workers}")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file; a corpus goes into a new or empty directory")
     if out.exists() and any(out.iterdir()):

@@ -18,9 +18,9 @@ def test_help_lists_every_subcommand():
 
 HURRIED = {  # a typo'd command -> what its one line must say
     "model-info --base-model /nonexistent": "pave model-info: --base-model /nonexistent: no config.json there",
-    "import-checkpoint {tmp} --out {tmp}/out --base-model {tmp} --side audio": "no config.json there",
-    "make-corpus {tmp} --videos 2": "not empty",
-    "make-corpus {tmp}/new --videos 2 --workers 0": "pave make-corpus: workers must be at least 1, got 0",
+    "import-checkpoint {tmp} --out {tmp}/out --base-model {tmp} --sides audio": "no config.json there",
+    "make-corpus {tmp} --num-videos 2": "not empty",
+    "make-corpus {tmp}/new --num-videos 2 --processes 0": "pave make-corpus: processes must be at least 1, got 0",
     "materialize --input {tmp} --store {tmp}/store": "pave materialize: {tmp}: no video files (mp4, mkv, webm, mov, avi, m4v,",
     "store verify {tmp}/typo": "pave store verify: {tmp}/typo: no feature store there; check the path",
     "materialize --input {tmp} --store {tmp}/store --modalities vidoe": "unknown modalities ['vidoe']",
@@ -32,9 +32,6 @@ HURRIED = {  # a typo'd command -> what its one line must say
         "pave train: --optim.weight-decay must be a finite number, 0 or more, got -1.0",
     "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --optim.epochs -2":
         "pave train: --optim.epochs must be a finite number, 0 or more, got -2.0",
-    "train --config recipes/avsd.yaml --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base":
-        "pave train: --scale.gpus-per-worker 1: this machine has no GPU; give --scale.gpus-per-worker 0 to train on "
-        "CPUs",
     "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --batch-size 0":
         "pave train: --data.batch-size must be at least 1, got 0",
     "train --store {tmp} --annotations {tmp}/a.json --out {tmp}/run --tiny-base --data.prefetch-batches 0":

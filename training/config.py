@@ -3,29 +3,26 @@ validated once, written into the run directory and read back as the same object 
 
     pave train --config run.yaml --optim.lr 1e-4 --scale.workers 2
 
-Parsing is tyro's (nested dataclasses -> `--section.field` flags, with the short flags the README shows as aliases);
-the YAML file and a saved config are loaded by pydantic, which checks types and refuses unknown keys. `validate`
+Flags are generated from the dataclasses below (training/flags.py: `--section.field`, with the short flags the README
+shows as aliases, each field's comment its help); the YAML file and a saved config are loaded by pydantic, which checks types and refuses unknown keys. `validate`
 then checks the values together; every problem is a ConfigError naming the field (as its flag) and what to do.
 
 The recipe defaults are the reference PAVE recipe (docs/DESIGN.md): LoRA r=64, alpha=16, dropout 0.05 on every
 LLM *_proj; AdamW lr 2e-5, cosine with 3% warmup, weight decay 0, grad clip 0.1; patches d_model 512, 2 layers.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-import tyro
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
+from training import flags
+from training.flags import Flags
+
 RUN_CONFIG = "run_config.yaml"  # in the run directory and in its exported final/ directory
 STRICT = ConfigDict(extra="forbid")  # a misspelt key in a YAML file is an error, not a silent default
-
-
-def alias(*flags: str):
-    """The short flags of the README and earlier releases, beside the nested `--section.field` name."""
-    return tyro.conf.arg(aliases=flags)
 
 
 class ConfigError(ValueError):
@@ -35,13 +32,14 @@ class ConfigError(ValueError):
 @with_config(STRICT)
 @dataclass
 class DataConfig:
-    store: Annotated[str, alias("--store")] = ""  # feature store path or fsspec URL
-    annotations: Annotated[str, alias("--annotations")] = ""  # LLaVA conversation JSON (video = store item id)
-    fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> store version, for a store with several
-    batch_size: Annotated[int, alias("--batch-size")] = 4  # per worker and micro-batch
+    store: Annotated[str, Flags("--store")] = ""  # feature store path or fsspec URL
+    annotations: Annotated[str, Flags("--annotations")] = ""  # LLaVA conversation JSON (video = store item id)
+    # the store version of a modality (MODALITY=FP), for a store with several
+    fingerprints: Annotated[dict[str, str], Flags("--fingerprint")] = field(default_factory=dict)
+    batch_size: Annotated[int, Flags("--batch-size")] = 4  # per worker and micro-batch
     shuffle: bool = True  # a new seeded permutation of the samples every epoch
     pack: bool = False  # a micro-batch's samples packed into one sequence (block-causal attention), no padding
-    seed: Annotated[int, alias("--seed")] = 0  # data order, and the initial weights of patches and LoRA
+    seed: Annotated[int, Flags("--seed")] = 0  # data order, and the initial weights of patches and LoRA
     prefetch_batches: int = 2  # fetched ahead by each worker's loader threads
     # a node-local directory where the workers keep what they fetch from a store on an object store (shared by a
     # node's workers; the epochs after the first read it instead of the network), at most cache_bytes of it
@@ -56,9 +54,9 @@ class DataConfig:
 @with_config(STRICT)
 @dataclass
 class PatchesConfig:
-    sides: Annotated[list[str], alias("--sides")] = field(default_factory=lambda: ["audio"])  # one patch each
-    d_model: Annotated[int, alias("--patch-d-model")] = 512
-    layers: Annotated[int, alias("--patch-layers")] = 2
+    sides: Annotated[list[str], Flags("--sides")] = field(default_factory=lambda: ["audio"])  # one patch each
+    d_model: Annotated[int, Flags("--patch-d-model")] = 512
+    layers: Annotated[int, Flags("--patch-layers")] = 2
     # which side-channel steps each frame attends to: "time" (the steps whose time spans meet the frame's window) or
     # "official" (the official PAVE code's: the steps split by index into one chunk per frame; checkpoints imported
     # from it need it)
@@ -70,7 +68,7 @@ class PatchesConfig:
 @dataclass
 class LoraConfig:
     enabled: bool = True
-    r: Annotated[int, alias("--lora-r")] = 64
+    r: Annotated[int, Flags("--lora-r")] = 64
     alpha: int = 16
     dropout: float = 0.05
 
@@ -78,8 +76,8 @@ class LoraConfig:
 @with_config(STRICT)
 @dataclass
 class ModelConfig:
-    base: Annotated[str, alias("--base-model")] = ""  # local LLaVA-OneVision directory (from_pretrained)
-    tiny_base: Annotated[bool, alias("--tiny-base")] = False  # demo/tests: a tiny random base saved in OUT/base_model
+    base: Annotated[str, Flags("--base-model")] = ""  # local LLaVA-OneVision directory (from_pretrained)
+    tiny_base: Annotated[bool, Flags("--tiny-base")] = False  # demo/tests: a tiny random base saved in OUT/base_model
     newline: Literal["grid", "one"] = "grid"  # video newline layout: grid = official PAVE (its checkpoints), one = HF
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -98,10 +96,10 @@ class ModelConfig:
 @with_config(STRICT)
 @dataclass
 class OptimConfig:
-    steps: Annotated[int, alias("--steps")] = 100  # optimizer steps (unless --optim.epochs is given)
+    steps: Annotated[int, Flags("--steps")] = 100  # optimizer steps (unless --optim.epochs is given)
     epochs: float = 0.0  # > 0: train this many passes over the samples instead of --optim.steps steps
-    grad_accum: Annotated[int, alias("--grad-accum")] = 1  # micro-batches per optimizer step
-    lr: Annotated[float, alias("--lr")] = 2e-5
+    grad_accum: Annotated[int, Flags("--grad-accum")] = 1  # micro-batches per optimizer step
+    lr: Annotated[float, Flags("--lr")] = 2e-5
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     grad_clip: float = 0.1
@@ -110,23 +108,23 @@ class OptimConfig:
 @with_config(STRICT)
 @dataclass
 class ScaleConfig:
-    workers: Annotated[int, alias("--workers")] = 1
-    gpus_per_worker: Annotated[float, alias("--gpus-per-worker")] = 0.0
+    workers: Annotated[int, Flags("--workers")] = 1
+    gpus_per_worker: Annotated[float, Flags("--gpus-per-worker")] = 0.0
     # fractional: the loaders need CPUs beside the workers (docs/DESIGN.md, Pitfalls)
-    cpus_per_worker: Annotated[float, alias("--cpus-per-worker")] = 0.5
-    strategy: Annotated[Literal["ddp", "fsdp"], alias("--strategy")] = "ddp"
+    cpus_per_worker: Annotated[float, Flags("--cpus-per-worker")] = 0.5
+    strategy: Annotated[Literal["ddp", "fsdp"], Flags("--strategy")] = "ddp"
     grad_reduce: Literal["float32", "bfloat16"] = "float32"  # gradients exchanged in this dtype (bf16: half bytes)
 
 
 @with_config(STRICT)
 @dataclass
 class CheckpointConfig:
-    every: Annotated[int, alias("--checkpoint-every")] = 50  # optimizer steps
+    every: Annotated[int, Flags("--checkpoint-every")] = 50  # optimizer steps
     keep: int = 3
     # worker-group restarts after a crash, each resuming from the latest checkpoint (-1: unlimited); an error that a
     # restart would repeat (bad input, a non-finite step) stops the run at once
     max_failures: int = 2
-    report_every: Annotated[int, alias("--report-every")] = 10  # metrics window, in optimizer steps
+    report_every: Annotated[int, Flags("--report-every")] = 10  # metrics window, in optimizer steps
 
 
 @with_config(STRICT)
@@ -338,17 +336,32 @@ def save(cfg: RunConfig, directory: str | Path) -> Path:
     return path
 
 
+def add_arguments(parser) -> None:
+    """`--config FILE` and a flag for every run-config field (training/flags.py)."""
+    parser.add_argument("--config", metavar="FILE", help="a YAML run config (a recipe, or a run's run_config.yaml); "
+                        "the flags override it, it overrides the defaults")
+    flags.add_arguments(parser, RunConfig)
+
+
+def from_args(args) -> RunConfig:
+    """The run config of parsed flags: the --config file (or the defaults) with the given flags over it, checked."""
+    base = load(args.config) if getattr(args, "config", None) else RunConfig()
+    return validate(from_dict(merged(to_dict(base), flags.given(args, RunConfig)), "the command line"))
+
+
+def merged(values: dict, over: dict) -> dict:
+    """`values` with `over`'s entries put in, section by section."""
+    out = dict(values)
+    for key, value in over.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) and key in SECTIONS else value
+    return out
+
+
+SECTIONS = {f.name for f in fields(RunConfig) if is_dataclass(f.type)}
+
+
 def parse(argv: list[str], prog: str = "pave train") -> RunConfig:
-    """The run config of a command line: --config FILE (optional) first, then every other flag over it."""
-    defaults, rest = RunConfig(), []
-    args = iter(argv)
-    for arg in args:
-        if arg == "--config" or arg.startswith("--config="):
-            path = arg.partition("=")[2] or next(args, "")
-            if not path:
-                raise ConfigError("--config needs a YAML file")
-            defaults = load(path)
-        else:
-            rest.append(arg)
-    cfg = tyro.cli(RunConfig, args=rest, default=defaults, prog=prog)
-    return validate(cfg)
+    """The run config of a command line: --config FILE (optional), then every other flag over it."""
+    parser = flags.OneLineParser(prog=prog)
+    add_arguments(parser)
+    return from_args(parser.parse_args(argv))

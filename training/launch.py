@@ -3,12 +3,16 @@ The driver never builds the base model: workers build it on their devices, and r
 import itertools
 import logging
 import math
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from featurestore import TokenSchema
-from model.llava import VideoLayout
+import yaml
+
+from featurestore import TokenSchema, Version
+from model.llava import IGNORE_INDEX, VideoLayout
 from model.tiny import save_tiny_base
-from pipelines.annotations import load_annotations
+from pipelines.annotations import Sample, load_annotations
 from pipelines.training_data import check_samples, open_versions
 from training import checkpoint, provenance, tracking
 from training.checkpoint import NonFiniteError
@@ -123,36 +127,93 @@ def check_resume_provenance(cfg: RunConfig, out: RunDir | Path, current: dict) -
                     "and base model they were trained on are unknown, not checked", run, cfg.name, ", ".join(unknown))
 
 
-def fit(cfg: RunConfig) -> Path | str:
+@dataclass
+class Inputs:
+    """What a run trains on, checked before any Ray work: the samples, the store version of each modality, and the
+    data order (which says how many micro-batches an epoch is)."""
+
+    samples: list[Sample]
+    versions: dict[str, Version]
+    order: DataOrder
+
+
+def fit(cfg: RunConfig, inputs: Inputs | None = None) -> Path | str:
     """Train on the Ray cluster this process is connected to (the caller initialises Ray: jobs/ray_runtime.py);
     returns the exported final directory (`PaveLlava.from_pretrained` layout + the run config): a Path, or its URL
-    for a run on an object store. The run directory is locked for the whole run (training/lock.py): a second run into
-    it is refused."""
+    for a run on an object store. `inputs`: check_inputs(cfg), when the caller checked them already. Everything that
+    can refuse a new run is checked before its --out is created, so a refused run leaves nothing behind; the run
+    directory is then locked for the whole run (training/lock.py): a second run into it is refused."""
+    inputs = inputs or check_inputs(cfg)
     tracking.check(cfg)
     with RunDir(cfg.out, cfg.storage.options(cfg.out)) as run:
         run.path.mkdir(parents=True, exist_ok=True)
         with RunLock(run):
-            train(cfg, run)
+            train(cfg, run, inputs)
         return run.path / "final" if not run.remote else run.location("final")
 
 
-def train(cfg: RunConfig, run: RunDir) -> None:
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from training.loop import train_loop_per_worker
-
+def check_inputs(cfg: RunConfig) -> Inputs:
+    """The run's samples and store versions, checked (every sample's items stored, enough samples for one step, video
+    tokens the base model reads); records the versions in cfg (eval and resumed runs read the same ones) and, for
+    --optim.epochs, the steps."""
     samples = load_annotations(cfg.data.annotations, cfg.storage.options(cfg.data.annotations))
     versions = open_versions(cfg.data.store, cfg.modalities, cfg.data.fingerprints, **cfg.store_options())
-    check_samples(samples, versions, cfg.data.annotations)  # fail before any worker starts
-    # the store versions trained on, recorded in the saved config: eval and resumed runs read the same ones
+    check_samples(samples, versions, cfg.data.annotations)
     cfg.data.fingerprints = {m: v.fingerprint.id for m, v in versions.items()}
+    if not cfg.model.tiny_base:  # a tiny base is made to fit
+        check_video_fits(local_copy(cfg.model.base, cfg.storage.options(cfg.model.base)), versions["video"].schema)
     order = DataOrder(len(samples), cfg.scale.workers, cfg.data.batch_size, cfg.data.seed)  # fills one step
     if cfg.optim.epochs:
         cfg.optim.steps = math.ceil(cfg.optim.epochs * order.batches_per_epoch / cfg.optim.grad_accum)
         log.info("--optim.epochs %g: %d optimizer steps (%d samples, %d micro-batches of %d per worker and epoch, "
                  "%d per step)", cfg.optim.epochs, cfg.optim.steps, len(samples), order.batches_per_epoch,
                  cfg.data.batch_size, cfg.optim.grad_accum)
+    return Inputs(samples, versions, order)
+
+
+def dry_run(cfg: RunConfig, inputs: Inputs) -> str:
+    """What `pave train --dry-run` prints: the resolved run config, the sample and step counts, and the token counts
+    of rank 0's first micro-batch as the workers will collate it (no Ray, no model weights)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from model.collate import Collator
+    from training.data import FeatureLoader
+
+    order, samples = inputs.order, inputs.samples
+    per_step = cfg.data.batch_size * cfg.optim.grad_accum * cfg.scale.workers
+    lines = ["# resolved run config", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), "",
+             f"samples: {len(samples)}; per optimizer step: {per_step} (batch {cfg.data.batch_size} x grad accum "
+             f"{cfg.optim.grad_accum} x {cfg.scale.workers} workers)",
+             f"micro-batches per worker and epoch: {order.batches_per_epoch}; optimizer steps: {cfg.optim.steps} "
+             f"({cfg.optim.steps * cfg.optim.grad_accum / order.batches_per_epoch:.2f} epochs)"]
+    with tempfile.TemporaryDirectory() as scratch:
+        if cfg.model.tiny_base:
+            texts = [text for s in samples for _, text in s.turns]
+            video = inputs.versions["video"].schema
+            base = str(save_tiny_base(Path(scratch) / "base", texts, cfg.data.seed, video.dim, patch_grid(video)))
+        else:
+            base = local_copy(cfg.model.base, cfg.storage.options(cfg.model.base))
+        hf = AutoConfig.from_pretrained(base)
+        layout = VideoLayout(hf.vision_config.image_size // hf.vision_config.patch_size, cfg.model.newline)
+        collate = Collator(AutoTokenizer.from_pretrained(base), hf.video_token_id, layout, tuple(cfg.sides),
+                           {m: v.schema.dtype for m, v in inputs.versions.items()}, loss_tokens=cfg.data.loss_tokens)
+        batch = FeatureLoader(samples, inputs.versions, order, 0, collate).load(0)
+    lines += ["", "first micro-batch of rank 0:", "| sample | tokens | video tokens | loss tokens |", "|---|---:|---:|---:|"]
+    video_id = hf.video_token_id
+    for row, sample_id in enumerate(batch["sample_ids"]):
+        ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+        lines.append(f"| {sample_id} | {len(ids)} | {int((ids == video_id).sum())} | "
+                     f"{int((batch['labels'][row] != IGNORE_INDEX).sum())} |")
+    return "\n".join(lines)
+
+
+def train(cfg: RunConfig, run: RunDir, inputs: Inputs) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from training.loop import train_loop_per_worker
+
+    samples, versions = inputs.samples, inputs.versions
     if cfg.model.tiny_base:  # saved under --out so that eval and resumed runs load the same one
         texts = [text for s in samples for _, text in s.turns]
         video = versions["video"].schema
@@ -162,7 +223,6 @@ def train(cfg: RunConfig, run: RunDir) -> None:
     base = local_copy(cfg.model.base, cfg.storage.options(cfg.model.base))
     if not cfg.eval.max_new_tokens:  # auto: eval's answer length, from this run's answers, recorded in its config
         cfg.eval.max_new_tokens = answer_budget(base, samples)
-    check_video_fits(base, versions["video"].schema)
     check_resume(cfg, run)
     check_resume_provenance(cfg, run, provenance.record(base, versions, cfg.model))
     save(cfg, run.path)

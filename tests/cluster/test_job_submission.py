@@ -40,7 +40,7 @@ def test_corpus_materialize_train_eval_as_submitted_jobs(head, tmp_path):
         timings[name] = time.monotonic() - started
         return logs
 
-    job("make-corpus", f"pave make-corpus {corpus} --videos 6 --seed 1")
+    job("make-corpus", f"pave make-corpus {corpus} --num-videos 6 --seed 1")
     ids = {json.loads(line)["id"] for line in (corpus / "manifest.jsonl").read_text().splitlines()}
     assert len(ids) == 6
 
@@ -96,7 +96,7 @@ def test_the_pave_console_script_runs_the_uploaded_working_dir(head):
 
 
 def test_relative_output_paths_are_refused_in_a_submitted_job(head):
-    logs = run_job(head, "pave make-corpus corpus --videos 1", expect=JobStatus.FAILED)
+    logs = run_job(head, "pave make-corpus corpus --num-videos 1", expect=JobStatus.FAILED)
     assert "OUT corpus: relative paths are not allowed in a submitted job" in logs
 
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(900)
 
 WORKER_CPUS = 2  # per worker node; a training worker asks for all of them, so two workers need two nodes
 MODALITIES = ("video", "audio")
-MATERIALIZE = "--modalities video,audio --frames 4 --batch-size 1 --part-items 1 --concurrency 2 --strict"
+MATERIALIZE = "--modalities video,audio --frames 4 --items-per-call 1 --part-items 1 --concurrency 2 --strict"
 
 
 @pytest.fixture(scope="module")

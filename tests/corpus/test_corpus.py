@@ -80,12 +80,12 @@ def test_refuses_to_write_into_a_non_empty_directory(corpus, tmp_path):
 
 
 def test_cli_writes_a_corpus_and_summarises_it(tmp_path, capsys):
-    assert pave(["make-corpus", str(tmp_path / "cli"), "--videos", "2", "--seed", "3", "--webdataset"]) == 0
+    assert pave(["make-corpus", str(tmp_path / "cli"), "--num-videos", "2", "--seed", "3", "--webdataset"]) == 0
     rows = load_manifest(tmp_path / "cli")
     assert [row["id"] for row in rows] == ["v0000", "v0001"]
     assert (tmp_path / "cli" / "shards" / "shard-000000.tar").is_file()
     assert "2 takes" in capsys.readouterr().out
-    assert pave(["make-corpus", str(tmp_path / "cli"), "--videos", "2"]) == 2
+    assert pave(["make-corpus", str(tmp_path / "cli"), "--num-videos", "2"]) == 2
     assert "not empty" in capsys.readouterr().err
 
 

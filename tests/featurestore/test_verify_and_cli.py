@@ -77,17 +77,17 @@ def test_verify_reports_a_committed_part_whose_arrays_are_gone(tmp_path):
 def test_ls_inspect_gc(tmp_path):
     version, _ = _store(tmp_path)
     other = fsdata.version(tmp_path / "store", weights="w1")
-    result = pave("ls", tmp_path / "store")
+    result = pave("ls", "--store", tmp_path / "store")
     assert result.returncode == 0
     assert f"video    {version.fingerprint.id}  [N,4,8] float16 +view[]:int32  ok=6 failed=0" in result.stdout
     assert other.fingerprint.id in result.stdout
     on_disk = sum(f.stat().st_size for f in (tmp_path / "store" / version.path).rglob("*") if f.is_file())
     assert f"ok=6 failed=0  {on_disk / 2**20:,.1f} MiB" in result.stdout  # every part and side file of it
 
-    result = pave("inspect", tmp_path / "store", "v2", "--fingerprint", version.fingerprint.id[:5])
+    result = pave("inspect", "--store", tmp_path / "store", "--item", "v2", "--fingerprint", version.fingerprint.id[:5])
     n = fsdata.rows(version.schema, "v2")["t_start"].size
     assert result.returncode == 0 and f"tokens ({n}, 4, 8) float16" in result.stdout
-    assert pave("inspect", tmp_path / "store", "nope").returncode == 1
+    assert pave("inspect", "--store", tmp_path / "store", "--item", "nope").returncode == 1
 
     result = pave("gc", tmp_path / "store", "--keep", version.fingerprint.id, "--grace-s", "0")
     assert result.returncode == 0 and f"removed {other.path}" in result.stdout

@@ -29,7 +29,7 @@ def test_7b_preset_reports_the_9m_patch_and_its_share_of_the_8b_base():
 
 
 def test_base_model_dir_counts_match_the_loaded_model(tiny_dir):
-    out = model_info("--base-model", str(tiny_dir), "--side-dim", "16", "--layers", "1")
+    out = model_info("--base-model", str(tiny_dir), "--side-dim", "16", "--patch-layers", "1")
     n_base = int(re.search(r"base .*: ([\d,]+) params", out).group(1).replace(",", ""))
     assert n_base == sum(p.numel() for p in LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_dir).parameters())
     assert "side 16 -> 512 x 1 layers" in out and "% of base" in out

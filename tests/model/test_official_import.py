@@ -102,7 +102,7 @@ def test_the_imported_patch_and_lora_give_the_official_outputs(official, tiny_di
     directory, module, peft_llm = official
     out = tmp_path / "imported"
     assert pave(["import-checkpoint", str(directory), "--out", str(out), "--base-model", str(tiny_dir),
-                 "--side", "audio"]) == 0
+                 "--sides", "audio"]) == 0
     run = load(out)
     assert (run.sides, run.model.newline, run.model.lora.r, run.model.patches.layers) == (["audio"], "grid", 4, 2)
     model = PaveLlava.from_pretrained(tiny_dir, out)
@@ -132,7 +132,7 @@ def test_the_imported_patch_and_lora_give_the_official_outputs(official, tiny_di
 
 def test_a_directory_that_is_no_release_gets_one_clear_line(tmp_path, tiny_dir, capsys):
     assert pave(["import-checkpoint", str(tmp_path), "--out", str(tmp_path / "out"), "--base-model", str(tiny_dir),
-                 "--side", "audio"]) == 2
+                 "--sides", "audio"]) == 2
     assert re.search("no non_lora_trainables.bin .is this an official PAVE release", capsys.readouterr().err)
 
 
@@ -162,7 +162,7 @@ def test_the_official_neighbourhoods_give_the_official_outputs_on_the_released_f
     directory, module, _ = official
     out = tmp_path / "imported"
     assert pave(["import-checkpoint", str(directory), "--out", str(out), "--base-model", str(tiny_dir),
-                 "--side", "audio"]) == 0
+                 "--sides", "audio"]) == 0
     patch = PavePatch.from_pretrained(out / "patches" / "audio").eval()
     run = load(out)
     assert (patch.config.neighbourhood, patch.config.tie_v_to_k) == ("official", True)

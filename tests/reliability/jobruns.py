@@ -20,7 +20,7 @@ MODALITIES = ("video", "audio")
 SETTINGS = Settings(frames=4)
 RESOURCES = Resources(batch_size=1, part_items=1)
 # The same job through the CLI.
-ARGS = ["--modalities", ",".join(MODALITIES), "--frames", str(SETTINGS.frames), "--batch-size", "1",
+ARGS = ["--modalities", ",".join(MODALITIES), "--frames", str(SETTINGS.frames), "--items-per-call", "1",
         "--part-items", "1"]
 
 

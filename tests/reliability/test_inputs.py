@@ -121,7 +121,7 @@ BAD_FLAGS = {  # argv -> the one line
     "materialize --input {tmp} --store {tmp}/s --lease-s -5": "pave materialize: lease-s must be above 0, got -5",
     "materialize --input {tmp} --store {tmp}/file": "pave materialize: --store {tmp}/file: a file, not a feature "
                                                     "store; give a folder (new, or a store to add to)",
-    "make-corpus {tmp}/file --videos 1": "pave make-corpus: {tmp}/file is a file; a corpus goes into a new or empty "
+    "make-corpus {tmp}/file --num-videos 1": "pave make-corpus: {tmp}/file is a file; a corpus goes into a new or empty "
                                          "directory",
 }
 

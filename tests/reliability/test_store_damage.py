@@ -66,7 +66,7 @@ def test_a_lost_shard_of_any_array_fails_the_read_and_inspect(pave, store, array
         fresh.get("a")
     with pytest.raises(FeatureError, match=rf"item 'a': .*{array} rows"):
         fresh.get_range("a", 0.0, 100.0)
-    code, out, err = pave("store", "inspect", store_dir, "a")
+    code, out, err = pave("store", "inspect", store_dir, "--item", "a")
     assert code == 1 and f"{version.path}: a UNREADABLE: " in out and "Traceback" not in out + err, out + err
     want = store_race.rows("c")
     got = fresh.get("c")  # the other part still serves, with its values
@@ -79,7 +79,7 @@ def test_inspect_of_a_failed_item_exits_1(pave, store):
     store_dir, version = store
     with version.writer("test") as writer:
         writer.fail("broken", "decoder error")
-    code, out, _ = pave("store", "inspect", store_dir, "broken")
+    code, out, _ = pave("store", "inspect", store_dir, "--item", "broken")
     assert code == 1 and f"{version.path}: broken FAILED: decoder error" in out, out
 
 
@@ -89,7 +89,7 @@ def test_a_store_path_that_is_a_file_or_missing_is_one_line_and_exit_2(pave, tmp
     path = tmp_path / "store.txt"
     if target == "file":
         path.write_text("not a store")
-    extra = {"inspect": ["a"], "gc": ["--keep", "x"]}.get(command, [])
+    extra = {"inspect": ["--item", "a"], "gc": ["--keep", "x"]}.get(command, [])
     code, out, err = pave("store", command, path, *extra)
     assert code == 2 and out == "", out
     (line,) = err.strip().splitlines()

@@ -145,7 +145,7 @@ def test_every_store_command_reports_damage_and_exits_non_zero(tmp_path, damage)
         "ls": pave_store("ls", url),
         "verify": pave_store("verify", url),
         "gc": pave_store("gc", url, "--keep", healthy.fingerprint.id, damaged.fingerprint.id),
-        "inspect": pave_store("inspect", url, "a", "--fingerprint", damaged.fingerprint.id),
+        "inspect": pave_store("inspect", url, "--item", "a", "--fingerprint", damaged.fingerprint.id),
     }
     for command, result in results.items():
         output = result.stdout + result.stderr

@@ -1,6 +1,8 @@
 """The run config: YAML + flag overrides into one typed object, checked once, saved and read back unchanged."""
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -46,10 +48,11 @@ def test_readme_flags_are_aliases_of_the_nested_fields():
     ([*REQUIRED, "--optim.warmup-ratio", "1.5"], "--optim.warmup-ratio must be in [0, 1)"),
     ([*REQUIRED, "--sides", "audio", "audio"], "side channels must be distinct"),
     ([*REQUIRED, "--sides", "", "--model.lora.no-enabled"], "nothing to train"),
-    (["--config"], "--config needs a YAML file"),
+    (["--config"], "argument --config: expected one argument"),
 ])
 def test_bad_values_are_refused_naming_the_flag(argv, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    escaped = message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    with pytest.raises((ConfigError, SystemExit), match=escaped):  # SystemExit: argparse's one line
         parse(argv)
 
 
@@ -74,9 +77,9 @@ def test_pave_train_without_a_base_model_exits_naming_the_flag(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything was created
 
 
-def test_a_store_made_by_another_vision_tower_is_refused_before_training(synthetic_store, tmp_path):
+def test_a_store_made_by_another_vision_tower_is_refused_before_training(synthetic_store, tmp_path, pave):
     """The synthetic store holds 4 tokens of width 32 per frame; a base whose tower has a 4x4 grid of width 48 fits
-    neither its width nor its grid: one line naming the base and what to do."""
+    neither its width nor its grid: one line naming the base and what to do, and no --out left behind."""
     from model.tiny import save_tiny_base
     from pipelines.training_data import open_versions
     from training.launch import check_video_fits
@@ -90,6 +93,21 @@ def test_a_store_made_by_another_vision_tower_is_refused_before_training(synthet
     with pytest.raises(ConfigError, match=r"4 video tokens per frame: neither .* full 8x8 grid .*--encoder-path video="):
         check_video_fits(str(big_grid), video)
     check_video_fits(str(save_tiny_base(tmp_path / "fits", ["low high"], video_dim=32, grid=2)), video)
+    code, _, err = pave("train", "--store", store, "--annotations", synthetic_store[1], "--base-model", wide,
+                        "--out", tmp_path / "run")
+    assert code == 2 and "the stored video tokens are 32 wide, its vision tower 48" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_task_recipe_on_a_machine_without_gpus_stops_at_once(synthetic_store, tmp_path, pave):
+    """The recipes ask for a GPU per worker: on a local Ray without one the workers would wait forever."""
+    store, annotations = synthetic_store
+    code, _, err = pave("train", "--config", Path(__file__).parents[2] / "recipes" / "avsd.yaml", "--store", store,
+                        "--annotations", annotations, "--out", tmp_path / "run", "--tiny-base")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "pave train: --scale.gpus-per-worker 1: this machine has no GPU; give --scale.gpus-per-worker 0 to train on "
+        "CPUs")
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_mlflow_server_that_does_not_answer_is_refused_before_training():
@@ -99,3 +117,36 @@ def test_an_mlflow_server_that_does_not_answer_is_refused_before_training():
     cfg.tracking.mlflow = "http://127.0.0.1:9"  # the discard port: nothing listens
     with pytest.raises(ConfigError, match=r"--tracking.mlflow http://127.0.0.1:9: the tracking server does not answer"):
         check(cfg)
+
+
+def test_a_dry_run_prints_the_resolved_run_and_the_first_batch_and_writes_nothing(synthetic_store, pave, tmp_path):
+    """16 samples, batch 2 x accum 2 on 1 worker: 8 micro-batches an epoch, 1.5 epochs are 6 steps. Each sample's 4
+    frames of 2 x 2 tokens are pooled 2 x 2 by the model, then one newline per row: 8 LLM tokens; its answer carries
+    the loss with its <|im_end|> and newline, and LLaVA's convention adds the conversation's other <|im_start|>,
+    <|im_end|> and newline tokens."""
+    from transformers import AutoTokenizer
+
+    from model.tiny import save_tiny_base
+
+    store, annotations = synthetic_store
+    out = tmp_path / "run"
+    flags = ["train", "--dry-run", "--store", store, "--annotations", annotations, "--out", out, "--tiny-base",
+             "--batch-size", "2", "--grad-accum", "2", "--optim.epochs", "1.5"]
+    code, printed, _ = pave(*flags)
+    assert code == 0 and not out.exists()
+    resolved = yaml.safe_load(printed.split("\n\n")[0])
+    assert (resolved["optim"]["steps"], resolved["optim"]["epochs"], resolved["data"]["batch_size"]) == (6, 1.5, 2)
+    assert "samples: 16; per optimizer step: 4 (batch 2 x grad accum 2 x 1 workers)" in printed
+    assert "micro-batches per worker and epoch: 8; optimizer steps: 6 (1.50 epochs)" in printed
+    samples = {s["id"]: s for s in json.loads(Path(annotations).read_text())}
+    texts = [turn["value"] for s in samples.values() for turn in s["conversations"]]
+    tokenizer = AutoTokenizer.from_pretrained(save_tiny_base(tmp_path / "base", texts, 0, 32, 2))  # the run's base
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in printed.splitlines() if line.startswith("| v")]
+    assert len(rows) == 2, printed
+    for sample, _, video, loss in rows:
+        answer = samples[sample]["conversations"][-1]["value"]
+        assert (int(video), int(loss)) == (8, len(tokenizer.tokenize(f"{answer}<|im_end|>\n"))), rows
+
+    code, llava, _ = pave(*flags, "--data.loss-tokens", "llava")
+    rows_llava = [[c.strip() for c in line.split("|")[1:-1]] for line in llava.splitlines() if line.startswith("| v")]
+    assert [r[:3] for r in rows_llava] == [r[:3] for r in rows] and all(int(r[3]) > 3 for r in rows_llava)
