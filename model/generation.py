@@ -96,7 +96,7 @@ class Decoder:
     def __init__(self, hf, compiled: bool):
         self.hf = hf
         self.lm = hf.model.language_model  # LoRA, when present, is injected into it in place
-        # transformers renamed the cache argument (past_key_values up to 5.2x, cache after)
+        # the cache argument's name: past_key_values in transformers 5.17 (the GPU image), cache in 5.25
         self.cache_arg = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
         self.step = torch.compile(self.eager_step, mode="reduce-overhead", dynamic=False) if compiled else None
         self.kept: tuple[tuple[int, int], StaticCache] | None = None  # ((rows, length), cache)
