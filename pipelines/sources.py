@@ -1,11 +1,12 @@
 """Inputs of a materialization job as one Ray Dataset of items, whatever the source:
 
-- a directory of video files (its top level; the id is the file name without its suffix; unlisted_files names the
-  files it does not read),
+- a directory of video files (its top level; the id is the file name without its suffix, video_file_id;
+  unlisted_files names the files it does not read),
 - a JSONL manifest, one item a line: {"id", "video", "exo": [{"view", "path", "offset_s"}], "rgbd"} with paths
   relative to the manifest's directory (the synthetic corpus's manifest.jsonl is one); "video" is a video file or
   a folder of frames (the 3D tasks' manifests: pipelines/media.py reads it at one frame per second); a row with
-  other keys, or without an id or an input, is an item whose problem names its line,
+  other keys, values of other types, or without an id or an input, is an item whose problem names its line, and a
+  manifest none of whose rows can be stored is a SourceError before any Ray work,
 - WebDataset tar shards (a .tar file or a directory of them): the video is the sample's video member, the rest of
   the item comes from its `json` member (a manifest row), whose paths are relative to `root` (default: the
   directory above the shards', the corpus layout).
@@ -21,16 +22,20 @@ import os
 import re
 import tarfile
 from collections import Counter, defaultdict
-from pathlib import Path
-
-import ray
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from featurestore import ID_RULE, id_problem
 
+if TYPE_CHECKING:  # imported where items are listed, so that annotation checks (video_file_id) need no Ray
+    import ray
+
 VIDEO_SUFFIXES = ("mp4", "mkv", "webm", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "m2ts", "mts", "3gp", "flv", "wmv",
                   "ogv")  # containers FFmpeg (PyAV) reads
-MANIFEST_ROW = ('{"id", "video", "exo": [{"view", "path", "offset_s"}], "rgbd"}, with an id and at least one of '
-                'video, exo, rgbd')
+MANIFEST_KEYS = ("id", "video", "exo", "rgbd")
+EXO_KEYS = {"view", "path", "offset_s"}
+MANIFEST_ROW = ('{"id", "video", "exo": [{"view", "path", "offset_s"}], "rgbd"}, with an id (a string) and at least '
+                'one of video, exo, rgbd (paths relative to the manifest\'s folder, or absolute)')
 # WebDataset's sample key of a tar member: its path up to the first "." of the file name (ray.data.read_webdataset
 # groups members by it).
 WEBDATASET_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -59,11 +64,22 @@ def manifest_videos(path: str | Path) -> dict[str, str]:
             if isinstance(row, dict) and row.get("id") is not None and row.get("video")}
 
 
-def read_items(source: str, root: str | None = None) -> ray.data.Dataset:
-    path = Path(source)
+def video_file_id(name: str) -> str | None:
+    """The item id of a video file, as a folder input names it: its file name without the extension (the folders of
+    a path play no part); None for a name without a video suffix."""
+    file = PurePosixPath(name)
+    return file.stem if file.suffix.lstrip(".").lower() in VIDEO_SUFFIXES else None
+
+
+def read_items(source: str, root: str | None = None) -> "ray.data.Dataset":
+    import ray
+
+    # Items name absolute paths: Ray workers need not share the driver's working directory.
+    path, root = Path(source).absolute(), root and str(Path(root).absolute())
     if path.suffix in (".jsonl", ".json"):
         base = root or str(path.parent)
-        return _listed([_manifest_item(row, base, f"{path.resolve()} line {n}") for n, row in _manifest_rows(path)])
+        return _listed([_manifest_item(row, base, f"{path.resolve()} line {n}") for n, row in _manifest_rows(path)],
+                       source)
     tars = [path] if path.suffix == ".tar" else sorted(path.glob("*.tar")) if path.is_dir() else []
     if tars:
         base = root or str(tars[0].parent.parent)
@@ -75,12 +91,12 @@ def read_items(source: str, root: str | None = None) -> ray.data.Dataset:
         if not videos:
             raise SourceError(f"{source}: no video files ({', '.join(VIDEO_SUFFIXES)}) and no .tar shards"
                               + (f"; {unlisted_files(source)}" if unlisted_files(source) else ""))
-        return _listed([_item(Path(v).stem, v, video=v) for v in videos])
+        return _listed([_item(video_file_id(v), v, video=v) for v in videos], source)
     raise SourceError(f"{source}: not a directory of videos or tar shards, a .tar, or a .jsonl manifest")
 
 
 def _is_video(path: Path) -> bool:
-    return path.suffix.lstrip(".").lower() in VIDEO_SUFFIXES and path.is_file()
+    return video_file_id(path.name) is not None and path.is_file()
 
 
 def unlisted_files(source: str) -> str:
@@ -111,9 +127,16 @@ def _flag_duplicate(item: dict, duplicates: dict[str, str]) -> dict:
     return {**item, "problem": item["problem"] or duplicates.get(item["id"], "")}
 
 
-def _listed(items: list[dict]) -> ray.data.Dataset:
+def _listed(items: list[dict], source: str) -> "ray.data.Dataset":
+    import ray
+
     duplicates = _duplicates([(item["id"], item["source"]) for item in items])
-    return ray.data.from_items([_flag_duplicate(item, duplicates) for item in items])
+    items = [_flag_duplicate(item, duplicates) for item in items]
+    if not items:
+        raise SourceError(f"{source}: no rows; a manifest lists one item a line: {MANIFEST_ROW}")
+    if all(item["problem"] for item in items):  # a job would only fail them all: say why now, in one line
+        raise SourceError(f"{source}: none of its {len(items)} item(s) can be stored; the first: {items[0]['problem']}")
+    return ray.data.from_items(items)
 
 
 def _duplicates(listing: list[tuple[str, str]]) -> dict[str, str]:
@@ -153,29 +176,40 @@ def _side_inputs(row: dict, base: str) -> dict:
 
 def _manifest_item(row, base: str, source: str) -> dict:
     if problem := _row_problem(row):
-        # Without an id the item is named by its line (an absolute path: no store id, so never recorded there).
-        video_id = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else source
+        # Without a usable id the item is named by its line (an absolute path: no store id, never recorded there).
+        video_id = row["id"] if isinstance(row, dict) and isinstance(row.get("id"), str) and row["id"] else source
         return _item(video_id, source, problem=f"{source}: {problem}; a manifest row is {MANIFEST_ROW}")
-    return _item(str(row["id"]), source, video=_resolve(base, row.get("video")), **_side_inputs(row, base))
+    return _item(row["id"], source, video=_resolve(base, row.get("video")), **_side_inputs(row, base))
 
 
 def _row_problem(row) -> str:
     if not isinstance(row, dict):
         return f"{type(row).__name__}, not an object"
-    if unknown := sorted(set(row) - {"id", "video", "exo", "rgbd"}):
+    if unknown := sorted(set(row) - set(MANIFEST_KEYS)):
         return f"unknown key(s) {', '.join(map(repr, unknown))}"
     if row.get("id") is None:
         return "no 'id'"
+    if not isinstance(row["id"], str) or not row["id"]:
+        return f"'id' is {row['id']!r}, not a non-empty string"
     if not any(row.get(key) for key in ("video", "exo", "rgbd")):
         return "no input ('video', 'exo' or 'rgbd')"
     for key in ("video", "rgbd"):
         if row.get(key) is not None and not isinstance(row[key], str):
             return f"{key!r} is {row[key]!r}, not a path"
     exo = row.get("exo") or []
-    if not isinstance(exo, list) or not all(isinstance(v, dict) and isinstance(v.get("path"), str)
-                                            and {"view", "offset_s"} <= set(v) for v in exo):
-        return "'exo' is not a list of {\"view\", \"path\", \"offset_s\"}"
+    if not isinstance(exo, list) or not all(_exo_view(v) for v in exo):
+        return "'exo' is not a list of {\"view\": int, \"path\": str, \"offset_s\": seconds}"
+    # A NUL cannot be in a file name; the OS calls would fail with a traceback in a Ray task.
+    if any("\0" in path for path in [row.get("video") or "", row.get("rgbd") or "", *(v["path"] for v in exo)]):
+        return "a path holds a NUL character"
     return ""
+
+
+def _exo_view(view) -> bool:
+    if not isinstance(view, dict) or set(view) != EXO_KEYS or isinstance(view["view"], bool):
+        return False
+    return (isinstance(view["view"], int) and isinstance(view["path"], str)
+            and isinstance(view["offset_s"], (int, float)) and not isinstance(view["offset_s"], bool))
 
 
 def _webdataset_item(sample: dict, base: str, duplicates: dict[str, str]) -> dict:
