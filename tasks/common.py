@@ -16,6 +16,8 @@ from pathlib import Path
 from featurestore import ID_RULE, id_problem
 
 SPLITS = ("train", "val", "test")
+# The parts of a drop reason that name its item (quoted values, paths, numbers): masked to group reasons by kind.
+ITEM_PARTS = re.compile(r"'[^']*'|\"[^\"]*\"|\S*/\S*|\d+")
 MARKER = "<image>\n"  # every official converter and eval script puts it before the first question
 
 
@@ -162,6 +164,15 @@ class Conversion:
         self._ids[split].add(sample_id)
         self.videos[video_id] = found
         self.splits[split].append({"id": sample_id, "video": video_id, "conversations": conversations})
+
+    def drop_reasons(self, shown: int = 2) -> str:
+        """The dropped items' reasons, most common kind first: '12x <one reason of that kind>; 3x ...'."""
+        kinds = defaultdict(list)
+        for dropped in self.dropped:
+            kinds[ITEM_PARTS.sub("_", dropped["reason"])].append(dropped["reason"])
+        ranked = sorted(kinds.values(), key=len, reverse=True)
+        return "; ".join(f"{len(reasons)}x {reasons[0]}" for reasons in ranked[:shown]) + (
+            f" (+{len(ranked) - shown} other kinds)" if len(ranked) > shown else "")
 
     def _find(self, video_path: str) -> str | None:
         if not self.video_roots:
