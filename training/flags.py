@@ -1,8 +1,8 @@
 """The run config as argparse flags, so that `pave train` parses as every other `pave` command does (one error line,
 `--help` without heavy imports): one flag per field of the nested config dataclasses, spelt `--section.field` with
 dashes (`--optim.grad-accum`), plus the short aliases a field declares (`Flags("--lr")`), its help the field's
-comment in training/config.py. A bool field is `--section.field` / `--section.no-field`; a list takes its values
-after one flag; a dict takes KEY=VALUE pairs.
+comment in training/config.py. A bool field is `--section.field` (or `--section.field false`) / `--section.no-field`;
+a list takes its values after one flag; a dict takes KEY=VALUE pairs.
 
 Every flag defaults to "not given": only the flags on the command line override the config file (or the defaults)."""
 import argparse
@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", group=
         if annotation is bool or (isinstance(annotation, types.UnionType) and bool in args):
             head, _, name = flag.rpartition(".")
             negative = f"{head}.no-{name}" if head else f"--no-{name[2:]}"
-            target.add_argument(flag, *aliases, action="store_true", help=f"{help_text} (default: {default})", **kw)
+            target.add_argument(flag, *aliases, nargs="?", const=True, type=_bool, metavar="true|false",
+                                help=f"{help_text} (default: {default})", **kw)
             target.add_argument(negative, action="store_false", help=argparse.SUPPRESS, **kw)
             continue
         if typing.get_origin(annotation) is typing.Literal:
@@ -93,6 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", group=
         else:
             kw.update(type=annotation, metavar=annotation.__name__.upper())
         target.add_argument(flag, *aliases, help=f"{help_text} (default: {default!r})", **kw)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
 
 
 class _Pairs(argparse.Action):
