@@ -5,9 +5,11 @@ clip id, `pave data check` problems, a conversion that keeps nothing."""
 import json
 import re
 import shlex
+import statistics
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from jobs.cli import main
 from pipelines.annotations import AnnotationError, load_annotations
@@ -50,6 +52,11 @@ def runnable(argv: list[str]) -> list[str]:
     return argv + next((flags for command, flags in FAST.items() if tuple(argv[:len(command)]) == command), [])
 
 
+def token_row(label: str, counts: list[int]) -> str:
+    """The pattern of `pave data check`'s token table row of these per-sample counts: min, median, max."""
+    return rf"^  {re.escape(label)} +{min(counts)} +{int(statistics.median(counts))} +{max(counts)}$"
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, ray_local):
     """The README's files and clips in a new folder, and its first command (materialize) run there."""
@@ -85,12 +92,19 @@ def test_the_readme_section_from_files_to_an_eval_report(project, pave, monkeypa
                                                                                      out, re.M), out
     assert "eval/train overlap: 0 videos, 0 samples with the same video and question" in out
     # 4 stored frames of the tiny encoder's 8 x 8 patches: 4 x 4 pooled tokens a frame, a newline after each row
-    assert re.search(r"^  train video +80 +80 +80$", out, re.M), out
-    words = sorted(sum(len(text.replace("<video>", "").split()) for _, text in s.turns) for s in train_samples)
-    assert re.search(rf"^  train text \(words\) +{words[0]} +{words[len(words) // 2]} +{words[-1]}$", out, re.M), out
+    assert re.search(token_row("train video", [80]), out, re.M), out
+    words = [sum(len(text.replace("<video>", "").split()) for _, text in s.turns) for s in train_samples]
+    assert re.search(token_row("train text (words)", words), out, re.M), out
     assert f"trainable: {len(train_samples)} of {len(train_samples)} samples of mydata/train.json" in out
 
     assert pave(*runnable(train))[0] == 0
+    base = root / "runs" / "mine" / "base_model"  # the tiny base pave train made: its tokenizer counts the text
+    code, out, err = pave(*runnable(check), "--base-model", base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokens = [sum(len(tokenizer(text.replace("<video>", "").strip(), add_special_tokens=False).input_ids)
+                  for _, text in s.turns) for s in train_samples]
+    assert code == 0 and tokens != words, err
+    assert re.search(token_row("train text (tokens)", tokens), out, re.M), out
     code, out, err = pave(*runnable(evaluate))
     assert code == 0, err
     report = json.loads((root / "runs" / "mine" / "eval" / "report.json").read_text())
