@@ -15,7 +15,7 @@ CHECKED_FILES = ("train", "eval")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.config import ModelConfig, PatchesConfig, add_storage_arguments
+    from training.config import ModelConfig, PatchesConfig, add_fingerprint_argument, add_storage_arguments
 
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     convert = sub.add_parser("convert", help="raw task annotations -> annotation JSON per split + materialize manifest")
@@ -36,21 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "--annotations")
     check.add_argument("--sides", nargs="*", default=PatchesConfig().sides, metavar="NAME",
                        help=f"side channels, as pave train takes them (default {' '.join(PatchesConfig().sides)})")
-    check.add_argument("--fingerprint", action="append", default=[], type=_fingerprint, metavar="MODALITY=FP",
-                       help="store version of a modality, for a store with several (repeatable)")
+    add_fingerprint_argument(check, "store version of a modality, for a store with several")
     check.add_argument("--base-model", metavar="DIR", help="count text tokens with this model's tokenizer "
                                                            "(default: count words)")
     check.add_argument("--model.newline", dest="newline", default=ModelConfig().newline, choices=["grid", "one"],
                        help=f"video newline layout the token counts assume, as pave train's "
                             f"(default {ModelConfig().newline})")
     add_storage_arguments(check)
-
-
-def _fingerprint(value: str) -> tuple[str, str]:
-    modality, sep, fingerprint = value.partition("=")
-    if not (modality and sep and fingerprint):
-        raise argparse.ArgumentTypeError(f"{value!r} is not MODALITY=FP")
-    return modality, fingerprint
 
 
 def run(args) -> int:
@@ -98,7 +90,7 @@ def check(args) -> int:
     paths = {name: path for name, path in paths.items() if path}
     samples = {name: load_annotations(path, storage.options(path)) for name, path in paths.items()}
     store = FeatureStore(args.store, storage_options=storage.options(args.store))
-    fingerprints = dict(args.fingerprint)
+    fingerprints = args.fingerprint
     modalities = ["video", *(m for entry in args.sides for m in entry.split(",") if m)]  # `--sides a,b` too
     versions, missing = {}, []
     for modality in modalities:
@@ -172,8 +164,7 @@ def _overlap(train, held_out) -> str:
 def _token_rows(samples: dict, video, args) -> list[list]:
     """Per file: the LLM tokens of each sample's video (its stored frames, as the model lays them out) and of its
     text (turns without the video marker: tokenizer tokens with --base-model, else words)."""
-    from model.llava import VideoLayout
-    from training.launch import patch_grid
+    from model.llava import VideoLayout, patch_grid
 
     layout = VideoLayout(patch_grid(video.schema), args.newline)
     rows = video.index().rows  # item -> (part, first row, end row): frames without reading any tokens

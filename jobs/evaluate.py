@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from training.config import add_storage_arguments, storage_config
+from training.config import add_fingerprint_argument, add_storage_arguments, storage_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default="", help="feature store (default: the checkpoint's training store)")
     parser.add_argument("--base-model", default="", help="default: the base model recorded in the checkpoint")
     parser.add_argument("--out", required=True, help="report directory")
-    parser.add_argument("--fingerprint", action="append", default=[], metavar="MODALITY=FP",
-                        help="store version of a modality (default: the checkpoint's)")
+    add_fingerprint_argument(parser, "store version of a modality (default: the checkpoint's)")
     parser.add_argument("--workers", type=int, default=1, help="Ray actors generating in parallel (default 1)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--batch-size", type=int, default=0, help="default: the run config's eval.batch_size")
@@ -38,13 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate on features or a base model other than those the checkpoint was trained on "
                              "(refused by default), with a warning")
     add_storage_arguments(parser)
-
-
-def fingerprints(values: list[str]) -> dict[str, str]:
-    pairs = [value.partition("=") for value in values]
-    if bad := [value for value, (m, sep, fp) in zip(values, pairs) if not (m and sep and fp)]:
-        raise SystemExit(f"pave eval: --fingerprint {bad[0]!r} is not MODALITY=FP")
-    return {m: fp for m, _, fp in pairs}
 
 
 def official_task(args):
@@ -75,15 +67,19 @@ OFFICIAL = {"batch_size": 1, "max_new_tokens": 1024}
 def run(args) -> int:
     import json
 
-    from jobs.ray_runtime import init_ray, output_dir
+    from jobs.ray_runtime import init_ray, output_dir, output_path
     from training.evaluation import REPORT, EvalRequest, evaluate, write_report
     from training.rundir import RunDir
 
     started = time.perf_counter()
     module = official_task(args) if args.task else None
     storage = storage_config(args)
-    request = EvalRequest(args.annotations, args.checkpoint, args.store, args.base_model,
-                          fingerprints(args.fingerprint), args.workers, args.gpus_per_worker,
+    # absolute: the Ray actors that load them need not run in this directory
+    local = {flag: output_path(value, flag, urls=True) if value else "" for flag, value in
+             {"--annotations": args.annotations, "--checkpoint": args.checkpoint, "--store": args.store,
+              "--base-model": args.base_model}.items()}
+    request = EvalRequest(local["--annotations"], local["--checkpoint"], local["--store"], local["--base-model"],
+                          args.fingerprint, args.workers, args.gpus_per_worker,
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
                           compile=args.compile, allow_mismatch=args.allow_mismatch, storage=storage)
     with RunDir(output_dir(args.out, "--out", urls=True), storage.options(args.out)) as out:

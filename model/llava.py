@@ -32,6 +32,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
+from featurestore import TokenSchema
 from model.patch import PavePatch, SideBatch, VideoBatch
 
 IGNORE_INDEX = -100
@@ -59,6 +60,13 @@ def reference_config(preset: str) -> LlavaOnevisionConfig:
 
 
 NEWLINES = ("grid", "one")
+
+
+def patch_grid(video: TokenSchema) -> int:
+    """Patches per side of the vision tower that made the stored video tokens: their square root, doubled for
+    tokens that were pooled 2x2 before storing (`--video-tokens pooled`)."""
+    side = math.isqrt(video.tokens_per_step)
+    return 2 * side if video.attrs.get("pool") == "half" else side
 
 
 @dataclass(frozen=True)

@@ -39,16 +39,11 @@ def readme_commands() -> list[list[str]]:
 
 
 def runnable(argv: list[str]) -> list[str]:
-    """A README command as the test runs it: --tiny-base for the README's BASE, and the FAST flags. pave eval's
-    --checkpoint made absolute: the eval actors read it as given, and the session's Ray workers do not run in the
-    test's folder."""
+    """A README command as the test runs it: --tiny-base for the README's BASE, and the FAST flags."""
     argv = list(argv)
     if "--base-model" in argv:
         k = argv.index("--base-model")
         argv[k:k + 2] = ["--tiny-base"]
-    if argv[0] == "eval":
-        k = argv.index("--checkpoint") + 1
-        argv[k] = str(Path(argv[k]).absolute())
     return argv + next((flags for command, flags in FAST.items() if tuple(argv[:len(command)]) == command), [])
 
 

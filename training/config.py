@@ -179,6 +179,12 @@ def add_storage_arguments(parser) -> None:
     group.add_argument("--storage.anon", dest="storage_anon", action="store_true", help="unsigned requests")
 
 
+def add_fingerprint_argument(parser, help_text: str) -> None:
+    """--fingerprint MODALITY=FP, spelt and read as `pave train` takes it (into a dict, over earlier uses)."""
+    parser.add_argument("--fingerprint", nargs="+", type=flags.pair, action=flags.Pairs, default={},
+                        metavar="MODALITY=FP", help=help_text)
+
+
 def storage_config(args) -> "StorageConfig":
     return StorageConfig(args.storage_endpoint_url, args.storage_profile, args.storage_anon)
 

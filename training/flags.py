@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "", group=
         elif typing.get_origin(annotation) is list:
             kw.update(nargs="*", metavar="NAME")
         elif typing.get_origin(annotation) is dict:
-            kw.update(nargs="*", metavar="KEY=VALUE", type=_pair, action=_Pairs)
+            kw.update(nargs="*", metavar="KEY=VALUE", type=pair, action=Pairs)
         else:
             kw.update(type=annotation, metavar=annotation.__name__.upper())
         target.add_argument(flag, *aliases, help=f"{help_text} (default: {default!r})", **kw)
@@ -104,16 +104,16 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
 
 
-class _Pairs(argparse.Action):
+class Pairs(argparse.Action):
     """KEY=VALUE pairs into a dict, over those of earlier uses of the flag."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, {**getattr(namespace, self.dest, {}), **dict(values)})
 
 
-def _pair(text: str) -> tuple[str, str]:
+def pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not (key and sep and value):
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
     return key, value
 

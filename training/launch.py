@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from featurestore import TokenSchema, Version
-from model.llava import IGNORE_INDEX, VideoLayout
+from model.llava import IGNORE_INDEX, VideoLayout, patch_grid
 from model.tiny import save_tiny_base
 from pipelines.annotations import Sample, load_annotations
 from pipelines.training_data import check_samples, open_versions
@@ -24,13 +24,6 @@ from training.provenance import ProvenanceError
 from training.rundir import RunDir, local_copy
 
 log = logging.getLogger(__name__)
-
-
-def patch_grid(video: TokenSchema) -> int:
-    """Patches per side of the vision tower that made the stored video tokens: their square root, doubled for
-    tokens that were pooled 2x2 before storing (`--video-tokens pooled`)."""
-    side = math.isqrt(video.tokens_per_step)
-    return 2 * side if video.attrs.get("pool") == "half" else side
 
 
 def check_video_fits(base: str, video: TokenSchema) -> None:
