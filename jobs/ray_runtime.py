@@ -6,11 +6,23 @@ Never "whatever cluster this machine ran last": Ray's own default (address=None)
 in /tmp/ray/ray_current_cluster, which on a shared machine may be someone else's.
 """
 import errno
+import logging
 import os
 from pathlib import Path
 
 # Set by the Ray Jobs supervisor in the environment of a submitted job's entrypoint.
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# "1" (`pave --verbose`, jobs/cli.py): Ray's own logs in full. Else quiet: our lines, Ray's warnings and errors.
+VERBOSE_ENV = "PAVE_VERBOSE"
+# Loggers of Ray modules, named by module: Ray's token authentication set-up, and Ray Train's helper actor that
+# removes a run's placement group should its controller die
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+TRAIN_REPORT_MODULE = ("train", "v2", "_internal", "execution", "context.py")  # in ray's package directory
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
 
 
 def submitted_job() -> bool:
@@ -19,7 +31,9 @@ def submitted_job() -> bool:
 
 
 def init_ray(num_cpus: int | None = None):
-    """Connect to RAY_ADDRESS or start a local Ray (with `num_cpus` logical CPUs when given); idempotent."""
+    """Connect to RAY_ADDRESS or start a local Ray (with `num_cpus` logical CPUs when given); idempotent. Unless
+    verbose(), Ray logs only its warnings and errors, in this process and in the job's workers (quiet_worker);
+    the workers' output still reaches this process (log_to_driver): rank 0's progress lines are a worker's."""
     import ray
 
     if not ray.is_initialized():
@@ -30,8 +44,62 @@ def init_ray(num_cpus: int | None = None):
                 "something a driver can join. Submit the command instead (`ray job submit --working-dir . "
                 "--runtime-env runtime_env.yaml -- pave ...`), or set RAY_ADDRESS to the cluster's GCS address "
                 "(<head-ip>:6379) on a cluster node, or unset it to run on a local Ray.")
-        ray.init(address=address or "local", num_cpus=None if address else num_cpus, log_to_driver=True)
+        loud = verbose()
+        if not loud:
+            quiet_driver()
+        ray.init(address=address or "local", num_cpus=None if address else num_cpus, log_to_driver=True,
+                 logging_level=logging.INFO if loud else logging.WARNING,  # this process's "ray" logger
+                 runtime_env={"worker_process_setup_hook": f"{__name__}.{'setup_worker' if loud else 'quiet_worker'}"})
     return ray
+
+
+def quiet_driver() -> None:
+    """Off this process's console: Ray's notice at every start of a local Ray that token authentication is on (its
+    default) and how to turn it off, and Ray Data's INFO lines (each dataset's plan, its progress every 10 s when
+    stdout is not a terminal), which its log file keeps; progress bars on a terminal stay."""
+    import ray.data  # which configures its logger, named after it
+
+    logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
+    for handler in logging.getLogger(ray.data.__name__).handlers:
+        if handler.name == "console":  # the handler of Ray Data's logging config that prints
+            handler.setLevel(logging.WARNING)
+
+
+def setup_worker() -> None:
+    """Run in every worker process of the job as it starts (Ray's worker_process_setup_hook). Ray's state API, which
+    Ray Train's placement-group cleaner polls, looks for the cluster in RAY_ADDRESS, else on this host, and fails
+    (a traceback) where the host runs two Ray instances: give it this worker's own cluster."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+def quiet_worker() -> None:
+    """setup_worker, and Ray's loggers in the worker from WARNING up (Ray Train's own: train_logging()); the cleaner's
+    from ERROR up: without a dashboard (include_dashboard=False) its state queries fail and it warns every second."""
+    import ray
+
+    setup_worker()
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+    # Ray Train's worker logs "Reporting training result" with every report's metrics on a logger named by its file
+    # (getLogger(__file__)), outside "ray.train" and so out of train_logging()'s reach
+    logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *TRAIN_REPORT_MODULE)).setLevel(logging.WARNING)
+    hide_progress_bars()
+
+
+def hide_progress_bars() -> None:
+    """No transformers / huggingface_hub progress bars (loading or saving a model) unless the environment asks for
+    them: before transformers is imported, which reads it."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def train_logging():
+    """Ray Train's log level on its controller and workers, for ray.train.RunConfig(logging_config=...): its INFO
+    lines (the worker group starting, every report's metrics, every checkpoint) only when verbose()."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")
 
 
 def gpus_pending(ray, asked: str, instead: str) -> bool:
