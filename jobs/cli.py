@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from jobs import ray_runtime
+
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "demo": ("jobs.demo", "synthetic corpus -> materialize -> train -> eval, prints a results table"),
@@ -59,6 +61,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pave", description="PAVE data engine: side-channel features for video LLMs, on Ray."
     )
+    parser.add_argument("--verbose", action="store_true",  # main() takes it out wherever it is, before parsing
+                        help="Ray's own logs in full (default: only its warnings and errors)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         if name != command:
@@ -73,6 +77,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:  # global, before or after the command (jobs/ray_runtime.py: what it shows)
+        argv = [arg for arg in argv if arg != "--verbose"]
+        os.environ[ray_runtime.VERBOSE_ENV] = "1"
+    if not ray_runtime.verbose():
+        ray_runtime.hide_progress_bars()  # before a command's module imports transformers
     command = argv[0] if argv and argv[0] in COMMANDS else None
     try:
         if command:
