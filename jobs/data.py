@@ -128,22 +128,11 @@ def check(args) -> int:
     return 2 if problems else 0
 
 
-def _plain(text: str) -> str:
-    """A turn's text without the video marker."""
-    from pipelines.annotations import LEGACY_MARKER, VIDEO_MARKER
-
-    return text.replace(VIDEO_MARKER, "").replace(LEGACY_MARKER, "").strip()
-
-
-def _question(sample) -> str:
-    return " / ".join(" ".join(_plain(text).split()) for role, text in sample.turns[:-1] if role == "user")
-
-
 def _repeats(samples) -> str:
     """How many samples ask a question another one asked of the same video, with an example."""
     first, repeats = {}, []
     for s in samples:
-        key = (s.video_id, _question(s))
+        key = (s.video_id, s.question)
         if key in first:
             repeats.append(f"{s.id!r} repeats {first[key]!r}")
         first.setdefault(key, s.id)
@@ -151,11 +140,9 @@ def _repeats(samples) -> str:
 
 
 def _overlap(train, held_out) -> str:
-    videos = {s.video_id for s in train} & {s.video_id for s in held_out}
-    asked = {}
-    for s in train:
-        asked.setdefault((s.video_id, _question(s)), s.id)
-    same = [(s.id, asked[key]) for s in held_out if (key := (s.video_id, _question(s))) in asked]
+    from pipelines.annotations import overlap
+
+    videos, same = overlap(train, held_out)
     example = f" (e.g. eval {same[0][0]!r} and train {same[0][1]!r})" if same else ""
     return (f"{len(videos)} videos" + (f" (e.g. {sorted(videos)[0]!r})" if videos else "") +
             f", {len(same)} samples with the same video and question" + example)
@@ -165,6 +152,7 @@ def _token_rows(samples: dict, video, args) -> list[list]:
     """Per file: the LLM tokens of each sample's video (its stored frames, as the model lays them out) and of its
     text (turns without the video marker: tokenizer tokens with --base-model, else words)."""
     from model.llava import VideoLayout, patch_grid
+    from pipelines.annotations import plain
 
     layout = VideoLayout(patch_grid(video.schema), args.newline)
     rows = video.index().rows  # item -> (part, first row, end row): frames without reading any tokens
@@ -178,7 +166,7 @@ def _token_rows(samples: dict, video, args) -> list[list]:
     table = []
     for name, file_samples in samples.items():
         frames = [rows[s.video_id][2] - rows[s.video_id][1] for s in file_samples if s.video_id in rows]
-        texts = [sum(count(_plain(text)) for _, text in s.turns) for s in file_samples]
+        texts = [sum(count(plain(text)) for _, text in s.turns) for s in file_samples]
         if frames:
             table.append(_stats(f"{name} video", [layout.llm_tokens(f, video.schema.tokens_per_step) for f in frames]))
         table.append(_stats(f"{name} text ({unit})", texts))

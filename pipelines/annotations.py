@@ -40,6 +40,26 @@ class Sample:
     def answer(self) -> str:
         return self.turns[-1][1]
 
+    @property
+    def question(self) -> str:
+        """The user turns before the answer, without the video marker, whitespace collapsed."""
+        return " / ".join(" ".join(plain(text).split()) for role, text in self.turns[:-1] if role == "user")
+
+
+def plain(text: str) -> str:
+    """A turn's text without the video marker."""
+    return text.replace(VIDEO_MARKER, "").replace(LEGACY_MARKER, "").strip()
+
+
+def overlap(train: list[Sample], held_out: list[Sample]) -> tuple[set[str], list[tuple[str, str]]]:
+    """The videos both sets use, and (held-out id, training id) for each held-out sample that asks a training sample's
+    question of the same video: evaluated on what it was trained on."""
+    asked: dict[tuple[str, str], str] = {}
+    for s in train:
+        asked.setdefault((s.video_id, s.question), s.id)
+    same = [(s.id, asked[key]) for s in held_out if (key := (s.video_id, s.question)) in asked]
+    return {s.video_id for s in train} & {s.video_id for s in held_out}, same
+
 
 def _parse_entry(index: int, entry) -> tuple[Sample | None, list[str]]:
     where = f"entry {index}"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from featurestore import FeatureStore, Version
 from featurestore.files import Files
-from pipelines.annotations import Sample, load_annotations
+from pipelines.annotations import AnnotationError, Sample, load_annotations, overlap
 from pipelines.training_data import check_samples, feature_dataset, modality_dtypes, open_versions
 from training import provenance
 from training.config import RUN_CONFIG, ConfigError, RunConfig, StorageConfig, load
@@ -197,6 +197,28 @@ def checked_versions(given: EvalRequest, request: EvalRequest, run: RunConfig) -
     return versions
 
 
+def warn_of_training_overlap(run: RunConfig, request: EvalRequest, samples: list[Sample]) -> None:
+    """A warning when the checkpoint was trained on questions it is now evaluated on (the same question of the same
+    video): its scores would not say how it does on new ones. Its training annotations are those its run config
+    records, when they can still be read."""
+    if not (request.checkpoint and run.data.annotations):
+        return
+    try:
+        trained = load_annotations(run.data.annotations, request.storage.options(run.data.annotations))
+    except (OSError, AnnotationError):
+        log.warning("the training annotations of %s (%s) cannot be read: whether it is evaluated on what it was "
+                    "trained on is not checked", request.checkpoint, run.data.annotations)
+        return
+    videos, same = overlap(trained, samples)
+    if same:
+        log.warning("%d of %d samples ask a question %s was trained on, of the same video (e.g. %r, trained as %r): "
+                    "their scores do not measure new questions; evaluate on held-out samples (`pave data check "
+                    "--eval-annotations` lists them)", len(same), len(samples), request.checkpoint, *same[0])
+    elif videos:
+        log.warning("%d of the evaluated videos were trained on (with other questions), e.g. %r", len(videos),
+                    sorted(videos)[0])
+
+
 def evaluate(request: EvalRequest) -> dict:
     """Generate for every sample of request.annotations (the first request.limit) on request.workers Ray actors and
     score; the report (a dict) holds the metrics (with how many answers hit max_new_tokens without their end), every
@@ -208,6 +230,7 @@ def evaluate(request: EvalRequest) -> dict:
     samples = load_annotations(request.annotations, request.storage.options(request.annotations))[:request.limit]
     versions = checked_versions(given, request, run)
     check_samples(samples, versions, request.annotations)
+    warn_of_training_overlap(run, request, samples)
     if not request.max_new_tokens:  # no answer length recorded: the base model alone, or an imported checkpoint
         request = replace(request, max_new_tokens=answer_budget(request.local(request.base_model), samples))
         log.warning("no answer length recorded in a run config: generating up to %d new tokens, the longest answer "

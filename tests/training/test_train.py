@@ -98,7 +98,8 @@ def test_rank_0_writes_the_reported_metrics_to_tensorboard_mlflow_and_wandb(trai
     assert all(json.dumps(m[key]).encode() in logged for m in reported for key in ("loss", "grad_norm"))
 
 
-def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_report(trained, synthetic_store, tmp_path):
+def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_report(trained, synthetic_store, tmp_path,
+                                                                                  caplog):
     final, _ = trained
     _, annotations = synthetic_store
     reports = {}
@@ -117,6 +118,9 @@ def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_repo
     assert reports[1]["max_new_tokens"] == run.eval.max_new_tokens == answer_budget(run.model.base,
                                                                                       load_annotations(annotations))
     assert [r["id"] for r in reports[1]["predictions"]] == [f"v{i:03d}-q0" for i in range(16)]
+    # evaluated on its own training questions: said, naming an example
+    assert f"16 of 16 samples ask a question {final} was trained on, of the same video (e.g. 'v000-q0', trained as " \
+        "'v000-q0')" in caplog.text
     assert "| 16 |" in (tmp_path / "eval2" / "report.md").read_text()
 
 
