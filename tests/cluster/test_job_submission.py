@@ -63,10 +63,11 @@ def test_corpus_materialize_train_eval_as_submitted_jobs(head, tmp_path):
     assert json.loads((report / "report.json").read_text())["metrics"]["n"] == n_eval, logs[-4000:]
     assert (report / "report.md").exists()
 
-    # Standalone: a driver started by hand joins the cluster in RAY_ADDRESS (a rerun: every item is done).
+    # Standalone: a driver started by hand joins the cluster in RAY_ADDRESS (a rerun: every item is done); --verbose
+    # for Ray's line that names the cluster it joined.
     started = time.monotonic()
     rerun = subprocess.run(
-        ["pave", "materialize", "--input", str(corpus / "manifest.jsonl"), "--store", str(store),
+        ["pave", "--verbose", "materialize", "--input", str(corpus / "manifest.jsonl"), "--store", str(store),
          "--modalities", "video,audio", "--frames", "8"],
         env={**head.env, "RAY_ADDRESS": head.gcs}, cwd=tmp_path, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
     )
