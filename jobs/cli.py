@@ -1,16 +1,17 @@
-"""The `pave` command line. Each subcommand lives in its own module under jobs/, which defines either
-`add_arguments(parser)` and `run(args) -> int`, or `main(argv) -> int` when a library parses its flags (`pave train`:
-the run config's parser); heavy imports stay inside them so `pave --help` is instant.
+"""The `pave` command line. Each subcommand lives in its own module under jobs/, which defines `add_arguments(parser)`
+and `run(args) -> int`; heavy imports stay inside `run`, so that `--help` is instant. Every command parses with
+argparse (`pave train`'s flags are generated from the run config: training/flags.py), and a usage error is one line
+like any other bad input.
 
 Errors: bad input (the error classes below, a `SystemExit` with a message, a full or read-only disk) prints one line,
 `pave COMMAND: what, which item, what to do`, and exits 2; anything else is a bug and keeps its traceback."""
-import argparse
 import errno
 import importlib
 import os
 import sys
 
 from jobs import ray_runtime
+from training.flags import OneLineParser
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -20,10 +21,10 @@ COMMANDS = {
     "train": ("jobs.train", "train PAVE patches + LoRA from a feature store (Ray Train)"),
     "eval": ("jobs.evaluate", "evaluate a checkpoint: generation, accuracy, JSON + Markdown report"),
     "report": ("jobs.report", "compare training runs and evaluations: one HTML page with plots and tables"),
-    "store": ("jobs.store", "feature store tools: ls, inspect, verify, gc"),
+    "store": ("jobs.store", "feature store tools: ls, inspect, verify, gc, import"),
     "import-checkpoint": ("jobs.import_checkpoint", "convert an official PAVE release into a checkpoint pave eval loads"),
     "model-info": ("jobs.model_info", "parameter counts of a PAVE patch vs its base model"),
-    "data": ("jobs.data", "convert a paper task's raw annotations into annotation JSON + a materialize manifest"),
+    "data": ("jobs.data", "convert a paper task's raw annotations (convert); check what would train (check)"),
     "score": ("jobs.score", "a paper task's official metrics of predictions (Music-AVQA, AVSD, ScanQA, SQA3D)"),
 }
 
@@ -55,15 +56,13 @@ def user_error_message(err: BaseException) -> str | None:
     return None
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> OneLineParser:
     """The `pave` parser; only `command`'s module is imported and given its flags, so that `pave --help` and every
     other command stay quick whatever a module imports."""
-    parser = argparse.ArgumentParser(
-        prog="pave", description="PAVE data engine: side-channel features for video LLMs, on Ray."
-    )
+    parser = OneLineParser(prog="pave", description="PAVE data engine: side-channel features for video LLMs, on Ray.")
     parser.add_argument("--verbose", action="store_true",  # main() takes it out wherever it is, before parsing
                         help="Ray's own logs in full (default: only its warnings and errors)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name, (module_name, help_text) in COMMANDS.items():
         if name != command:
             sub.add_parser(name, help=help_text)
@@ -84,16 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         ray_runtime.hide_progress_bars()  # before a command's module imports transformers
     command = argv[0] if argv and argv[0] in COMMANDS else None
     try:
-        if command:
-            module = importlib.import_module(COMMANDS[command][0])
-            if hasattr(module, "main"):  # parses its own flags
-                return module.main(argv[1:]) or 0
         args = build_parser(command).parse_args(argv)
         return args.run(args) or 0
     except SystemExit as exit_:
-        if not isinstance(exit_.code, str):  # argparse's usage errors (2), --help (0)
+        if not isinstance(exit_.code, str):  # --help (0)
             raise
-        prefix = "" if exit_.code.startswith("pave ") else f"pave {command}: "
+        prefix = "" if exit_.code.startswith("pave") else f"pave {command}: " if command else "pave: "
         print(f"{prefix}{exit_.code}", file=sys.stderr)
         return USAGE_EXIT
     except Exception as err:

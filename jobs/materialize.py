@@ -8,8 +8,7 @@ does not come from the input (our code, an encoder) stops the job with its trace
 
 def add_arguments(parser):
     from pipelines.audio import AUDIO_WINDOWS
-    from pipelines.materialize import DECODERS, ENCODER_DTYPES, Resources, Settings
-    from pipelines.media import RESIZES
+    from pipelines.settings import DECODERS, ENCODER_DTYPES, RESIZES, Resources, Settings
     from training.config import add_storage_arguments
 
     # The defaults are the pipeline's own (one place): Settings say what the tokens are, Resources how the job runs.

@@ -75,15 +75,16 @@ def setup_worker() -> None:
 
 
 def quiet_worker() -> None:
-    """setup_worker, and Ray's loggers in the worker from WARNING up (Ray Train's own: train_logging()); the cleaner's
-    from ERROR up: without a dashboard (include_dashboard=False) its state queries fail and it warns every second."""
+    """setup_worker, and Ray's loggers in the worker from WARNING up (Ray Train's own: the logging_config that
+    training/launch.py gives it); the cleaner's from ERROR up: without a dashboard (include_dashboard=False) its state
+    queries fail and it warns every second."""
     import ray
 
     setup_worker()
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
     # Ray Train's worker logs "Reporting training result" with every report's metrics on a logger named by its file
-    # (getLogger(__file__)), outside "ray.train" and so out of train_logging()'s reach
+    # (getLogger(__file__)), outside "ray.train" and so out of Ray Train's logging_config's reach
     logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *TRAIN_REPORT_MODULE)).setLevel(logging.WARNING)
     hide_progress_bars()
 
@@ -94,12 +95,10 @@ def hide_progress_bars() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def train_logging():
-    """Ray Train's log level on its controller and workers, for ray.train.RunConfig(logging_config=...): its INFO
-    lines (the worker group starting, every report's metrics, every checkpoint) only when verbose()."""
-    import ray.train
-
-    return ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING")
+def ray_log_level() -> str:
+    """The level of Ray's own loggers (Ray Train's INFO lines: the worker group starting, every report's metrics,
+    every checkpoint) for what this process starts: INFO only when verbose()."""
+    return "INFO" if verbose() else "WARNING"
 
 
 def gpus_pending(ray, asked: str, instead: str) -> bool:

@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from jobs.ray_runtime import base_model_path, gpus_pending, init_ray, output_dir, output_path
+    from jobs.ray_runtime import base_model_path, gpus_pending, init_ray, output_dir, output_path, ray_log_level
     from training.checkpoint import NonFiniteError
     from training.config import from_args
     from training.launch import check_inputs, dry_run, fit
@@ -42,7 +42,7 @@ def run(args) -> int:
         print(f"pave train: {gpus} and no GPU in the cluster yet: the workers wait for GPU nodes to join",
               file=sys.stderr)
     try:
-        final = fit(cfg, inputs)
+        final = fit(cfg, inputs, ray_log_level())
     except NonFiniteError as err:  # not bad input (exit 2): the run itself diverged
         print(f"pave train: {err}", file=sys.stderr)
         return 1

@@ -6,10 +6,6 @@ windows as the released ImageBind features' (docs/PAPER_TASKS.md §1(e))."""
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-import torch
-import torchaudio
-
-from .media import ItemError
 
 # "cover": windows until one reaches the track's end, the last one possibly shorter (zero-padded like ImageBind's);
 # "official": the PAVE release's, whole windows only (AudioWindows.__call__ has the rule).
@@ -51,6 +47,11 @@ class AudioWindows:
         the end of the track, so together they cover all of it (a last, shorter window is zero-padded like
         ImageBind's). "official": only the windows that fit in the track's whole seconds, i.e. the release's
         [i, i + 2] s for i < int(T) - 1 at 2 s every 1 s."""
+        import torch  # here: the options above are read by `pave materialize --help`, which imports no torch
+        import torchaudio
+
+        from .media import ItemError
+
         channels = len(samples)
         if self.channel is None:
             wave = torch.from_numpy(samples).mean(0, keepdim=True)

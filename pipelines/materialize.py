@@ -39,13 +39,13 @@ import ray
 
 from featurestore import FeatureError, FeatureStore, TokenSchema, Version, fingerprint, id_problem
 
-from .audio import AudioWindows
 from .encoders import Encode, InputSpec, audio_encoder, point_encoder, vision_encoder, weights_digest
 from .geometry import view_patches
 from .identity import identity, unchanged
-from .media import (DECODE_ERRORS, RESIZES, ItemError, gpu_decode_plan, rate_frames, read_audio, read_frames,
+from .media import (DECODE_ERRORS, ItemError, gpu_decode_plan, rate_frames, read_audio, read_frames,
                     uniform_frames)
 from .nvdec import installed as nvdec_installed
+from .settings import DECODERS, ENCODER_DTYPES, RESIZES, Resources, Settings
 
 # Bump when a change in pipelines/ changes the tokens of an unchanged encoder and settings (2: frames are turned
 # upright by the display matrix).
@@ -63,42 +63,6 @@ CLAIMED = "claimed by another writer, or committed meanwhile"
 # over as a "stopped" status row and the driver raises it again (jobs/cli.py prints it in one line).
 STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 STOPPED = "stopped"
-DECODERS = ("auto", "nvdec", "pyav")
-ENCODER_DTYPES = ("float32", "bfloat16")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the tokens are: every field is part of the fingerprint of the versions it produces."""
-
-    frames: int = 32  # video and per exo view
-    video_tokens: str = "full"  # main video: "full" patch grid (the model projects, then pools, like HF) | "pooled"
-    hfr_fps: float = 2.0
-    grid_3d: int = 8  # 3d patches per side
-    dtype: str = "float16"  # stored token dtype: float16 | bfloat16 | float32
-    encoder_dtype: str = "float32"  # what the encoders compute in: float32 | bfloat16
-    resize: str = RESIZES[0]  # frames to the vision encoder's input (media.RESIZES); GPU decoding needs "torch-bicubic"
-    vision_layer: int | None = None  # None: the LLaVA config's vision_feature_layer, else -1
-    seed: int = 0  # of the untrained encoders built when no directory is given
-    audio: AudioWindows = AudioWindows()
-
-
-@dataclass(frozen=True)
-class Resources:
-    """How the job runs; never part of a fingerprint."""
-
-    batch_size: int = 8  # items per encoder call
-    rows_per_forward: int = 128  # time steps (frames, windows, views) per encoder forward pass
-    concurrency: int | tuple[int, int] = 1  # encoder actors
-    num_gpus: float | None = None  # per encoder actor; None: 1 when the cluster has GPUs, else 0
-    encoder_cpus: float = 1.0
-    prepare_batch: int = 2  # items per prepare task
-    prepare_concurrency: int | None = None  # None: as many tasks as Ray can schedule
-    part_items: int = 64  # items per written part
-    lease_s: float = 1800.0  # how long a claim keeps other jobs off an item; > the time an item spends in flight
-    # main video frames: "nvdec" = decoded by the encoder actors' GPUs (pipelines/nvdec.py; needs resize
-    # "torch-bicubic"), "pyav" = by the CPU prepare tasks, "auto" = nvdec when it can run
-    decoder: str = "auto"
 
 
 @dataclass

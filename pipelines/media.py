@@ -32,11 +32,8 @@ import torch
 from av.sidedata.sidedata import Type
 
 from .frames import COLORSPACES, Colour, nv12_to_input, rgb_to_input
+from .settings import RESIZES
 
-# How sampled frames become the encoder's size x size RGB input (a fingerprinted setting): "swscale-bicubic" is
-# PyAV's swscale (convert and resize in one pass, on the CPU); "torch-bicubic" is pipelines/frames.py (the same
-# pixels from PyAV on the CPU and from NVDEC on the GPU).
-RESIZES = ("swscale-bicubic", "torch-bicubic")
 # What PyAV and the OS raise for a file that cannot be read (besides ItemError): a failure of that item only.
 DECODE_ERRORS = (av.error.FFmpegError, OSError, EOFError)
 NVDEC_CODECS = ("h264", "hevc", "av1", "vp9")

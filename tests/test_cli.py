@@ -65,3 +65,20 @@ def test_a_full_disk_is_one_line_and_a_bug_is_not(tmp_path):
     assert user_error_message(missing.value) == f"No such file or directory: {tmp_path / 'gone.json'}"
     assert user_error_message(ZeroDivisionError("a bug")) is None
     assert user_error_message(KeyError("not ours")) is None
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_lists_every_option_without_importing_heavy_libraries(command):
+    """`--help` answers at once: building a command's parser imports none of torch, Ray, transformers, zarr, PyAV."""
+    probe = ("import sys, contextlib, io\nfrom jobs.cli import main\n"
+             f"with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+             f"    main([{command!r}, '--help'])\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'transformers', 'zarr', 'av'}))\n"
+             "print(out.getvalue())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    heavy, _, help_text = done.stdout.partition("\n")
+    assert done.returncode == 0 and heavy == "[]", done.stdout + done.stderr
+    assert f"usage: pave {command}" in help_text
+    if command == "train":  # every run-config field, --config and --dry-run
+        assert all(flag in help_text for flag in ("--config FILE", "--dry-run", "--optim.epochs", "--scale.strategy",
+                                                  "--model.patches.neighbourhood", "--data.loss-tokens"))

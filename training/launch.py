@@ -130,10 +130,11 @@ class Inputs:
     order: DataOrder
 
 
-def fit(cfg: RunConfig, inputs: Inputs | None = None) -> Path | str:
+def fit(cfg: RunConfig, inputs: Inputs | None = None, ray_log_level: str = "WARNING") -> Path | str:
     """Train on the Ray cluster this process is connected to (the caller initialises Ray: jobs/ray_runtime.py);
     returns the exported final directory (`PaveLlava.from_pretrained` layout + the run config): a Path, or its URL
-    for a run on an object store. `inputs`: check_inputs(cfg), when the caller checked them already. Everything that
+    for a run on an object store. `inputs`: check_inputs(cfg), when the caller checked them already; `ray_log_level`:
+    Ray Train's own logs (its INFO lines report every step and checkpoint beside ours). Everything that
     can refuse a new run is checked before its --out is created, so a refused run leaves nothing behind; the run
     directory is then locked for the whole run (training/lock.py): a second run into it is refused."""
     inputs = inputs or check_inputs(cfg)
@@ -141,7 +142,7 @@ def fit(cfg: RunConfig, inputs: Inputs | None = None) -> Path | str:
     with RunDir(cfg.out, cfg.storage.options(cfg.out)) as run:
         run.path.mkdir(parents=True, exist_ok=True)
         with RunLock(run):
-            train(cfg, run, inputs)
+            train(cfg, run, inputs, ray_log_level)
         return run.path / "final" if not run.remote else run.location("final")
 
 
@@ -200,7 +201,7 @@ def dry_run(cfg: RunConfig, inputs: Inputs) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: RunConfig, run: RunDir, inputs: Inputs) -> None:
+def train(cfg: RunConfig, run: RunDir, inputs: Inputs, ray_log_level: str = "WARNING") -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -233,6 +234,7 @@ def train(cfg: RunConfig, run: RunDir, inputs: Inputs) -> None:
             # restarts are made below, where the errors that a restart would only repeat are told apart
             failure_config=ray.train.FailureConfig(max_failures=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            logging_config=ray.train.LoggingConfig(log_level=ray_log_level),
         ),
     )
     for restart in itertools.count(1):
