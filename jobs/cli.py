@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         ray_runtime.hide_progress_bars()  # before a command's module imports transformers
     command = argv[0] if argv and argv[0] in COMMANDS else None
     try:
-        args = build_parser(command).parse_args(argv)
+        args, unknown = build_parser(command).parse_known_args(argv)
+        if unknown:  # named here, where the command is known: argparse's own message points at `pave --help`
+            raise SystemExit(f"unrecognized arguments: {' '.join(unknown)}; see `pave {command} --help`")
         return args.run(args) or 0
     except SystemExit as exit_:
         if not isinstance(exit_.code, str):  # --help (0)

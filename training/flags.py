@@ -20,6 +20,10 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line, as every other bad input of `pave` (jobs/cli.py prints a
     SystemExit's message as `pave COMMAND: message` and exits 2)."""
 
+    def __init__(self, *args, **kwargs):
+        # no abbreviations: `--side` must not silently stand for `--sides`, nor an old flag for a new one
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
     def error(self, message):
         raise SystemExit(f"{message}; see `{self.prog} --help`")
 
