@@ -64,10 +64,17 @@ def official_task(args):
 OFFICIAL = {"batch_size": 1, "max_new_tokens": 1024}
 
 
+def start_ray() -> None:
+    from jobs.ray_runtime import init_ray
+
+    ray = init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = True  # generation progress, with an ETA
+
+
 def run(args) -> int:
     import json
 
-    from jobs.ray_runtime import init_ray, output_dir, output_path
+    from jobs.ray_runtime import output_dir, output_path
     from training.evaluation import REPORT, EvalRequest, evaluate, write_report
     from training.rundir import RunDir
 
@@ -83,9 +90,7 @@ def run(args) -> int:
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
                           compile=args.compile, allow_mismatch=args.allow_mismatch, storage=storage)
     with RunDir(output_dir(args.out, "--out", urls=True), storage.options(args.out)) as out:
-        ray = init_ray()
-        ray.data.DataContext.get_current().enable_progress_bars = True  # generation progress, with an ETA
-        report = evaluate(request)  # bad input raises errors that jobs/cli.py prints as one line
+        report = evaluate(request, start_ray)  # bad input raises errors that jobs/cli.py prints as one line
         name = args.name or args.checkpoint or "base model"
         write_report(report, out, name)
         m = report["metrics"]

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -82,3 +83,17 @@ def test_help_lists_every_option_without_importing_heavy_libraries(command):
     if command == "train":  # every run-config field, --config and --dry-run
         assert all(flag in help_text for flag in ("--config FILE", "--dry-run", "--optim.epochs", "--scale.strategy",
                                                   "--model.patches.neighbourhood", "--data.loss-tokens"))
+
+
+@pytest.mark.parametrize("command", ["train --tiny-base --store {tmp} --out {tmp}/run",
+                                     "eval --store {tmp} --base-model {tmp} --out {tmp}/eval"])
+def test_a_missing_file_is_refused_before_ray_starts_and_nothing_is_created(command, tmp_path):
+    """A typo costs no Ray start-up (10-20 s): the inputs are checked before Ray starts, and --out is not made."""
+    argv = [*command.format(tmp=tmp_path).split(), "--annotations", str(tmp_path / "typo.json")]
+    probe = ("import sys, ray\nfrom jobs.cli import main\n"
+             f"code = main({argv!r})\nprint(code, ray.is_initialized())")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert f"{tmp_path / 'typo.json'}: not a readable JSON file" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

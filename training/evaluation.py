@@ -219,10 +219,11 @@ def warn_of_training_overlap(run: RunConfig, request: EvalRequest, samples: list
                     sorted(videos)[0])
 
 
-def evaluate(request: EvalRequest) -> dict:
+def evaluate(request: EvalRequest, start_ray=None) -> dict:
     """Generate for every sample of request.annotations (the first request.limit) on request.workers Ray actors and
     score; the report (a dict) holds the metrics (with how many answers hit max_new_tokens without their end), every
-    prediction (sorted by id) and the workers that generated."""
+    prediction (sorted by id) and the workers that generated. `start_ray`: called once the inputs are checked, before
+    any Ray work (a typo costs no Ray start-up); None when the caller's Ray runs already."""
     import ray
 
     given = request
@@ -235,6 +236,8 @@ def evaluate(request: EvalRequest) -> dict:
         request = replace(request, max_new_tokens=answer_budget(request.local(request.base_model), samples))
         log.warning("no answer length recorded in a run config: generating up to %d new tokens, the longest answer "
                     "of %s plus a margin (--max-new-tokens sets it)", request.max_new_tokens, request.annotations)
+    if start_ray:
+        start_ray()
     stored = versions["video"].index().rows  # item -> (part, first row, end row): a row is a frame
     order = generation_order(samples, {s.video_id: stored[s.video_id][2] - stored[s.video_id][1] for s in samples})
     generation = feature_dataset(order, versions).map_batches(
