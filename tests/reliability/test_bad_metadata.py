@@ -33,7 +33,7 @@ def answer_only(entries):
 CASES = {  # name -> (annotation file text from the corpus's valid entries, extra flags, phrase of the message)
     "malformed JSON": (lambda entries: json.dumps(entries)[:-20], [], "not a readable JSON file"),
     "unknown video": (lambda entries: json.dumps(unknown_video(entries)), [],
-                      "1 video(s) have no 'video' features: v9999"),
+                      "1 video(s) have no 'video' or 'audio' features: v9999"),
     "path traversal id": (lambda entries: json.dumps(path_traversal(entries)), [],
                           "(id 'escape-q0'): 'video' must be a store item id (non-empty text without control characters, "
                           "whitespace at either end, a backslash, a leading '/', or '.' or '..' between slashes), "
