@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .errors import ItemError
+
 # "cover": windows until one reaches the track's end, the last one possibly shorter (zero-padded like ImageBind's);
 # "official": the PAVE release's, whole windows only (AudioWindows.__call__ has the rule).
 AUDIO_WINDOWS = ("cover", "official")
@@ -49,8 +51,6 @@ class AudioWindows:
         [i, i + 2] s for i < int(T) - 1 at 2 s every 1 s."""
         import torch  # here: the options above are read by `pave materialize --help`, which imports no torch
         import torchaudio
-
-        from .media import ItemError
 
         channels = len(samples)
         if self.channel is None:

@@ -32,16 +32,12 @@ import torch
 from av.sidedata.sidedata import Type
 
 from .frames import COLORSPACES, Colour, nv12_to_input, rgb_to_input
+from .errors import ItemError
 from .settings import RESIZES
 
 # What PyAV and the OS raise for a file that cannot be read (besides ItemError): a failure of that item only.
 DECODE_ERRORS = (av.error.FFmpegError, OSError, EOFError)
 NVDEC_CODECS = ("h264", "hevc", "av1", "vp9")
-
-
-class ItemError(Exception):
-    """An input that cannot be materialized (unreadable, truncated, missing track, too short): the message says
-    why, and the job records it as a failure of that item and goes on."""
 
 
 def open_media(source: str | bytes):
