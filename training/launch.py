@@ -165,6 +165,14 @@ def check_inputs(cfg: RunConfig) -> Inputs:
     return Inputs(samples, versions, order)
 
 
+def tiny_base(directory: Path, cfg: RunConfig, inputs: Inputs) -> Path:
+    """The tiny random base of --tiny-base in `directory`: its tokenizer knows the samples' words, its vision tower
+    fits the stored video tokens."""
+    texts = [text for s in inputs.samples for _, text in s.turns]
+    video = inputs.versions["video"].schema
+    return save_tiny_base(directory, texts, cfg.data.seed, video.dim, patch_grid(video))
+
+
 def dry_run(cfg: RunConfig, inputs: Inputs) -> str:
     """What `pave train --dry-run` prints: the resolved run config, the sample and step counts, and the token counts
     of rank 0's first micro-batch as the workers will collate it (no Ray, no model weights)."""
@@ -182,9 +190,7 @@ def dry_run(cfg: RunConfig, inputs: Inputs) -> str:
              f"({cfg.optim.steps * cfg.optim.grad_accum / order.batches_per_epoch:.2f} epochs)"]
     with tempfile.TemporaryDirectory() as scratch:
         if cfg.model.tiny_base:
-            texts = [text for s in samples for _, text in s.turns]
-            video = inputs.versions["video"].schema
-            base = str(save_tiny_base(Path(scratch) / "base", texts, cfg.data.seed, video.dim, patch_grid(video)))
+            base = str(tiny_base(Path(scratch) / "base", cfg, inputs))
         else:
             base = local_copy(cfg.model.base, cfg.storage.options(cfg.model.base))
         hf = AutoConfig.from_pretrained(base)
@@ -209,9 +215,7 @@ def train(cfg: RunConfig, run: RunDir, inputs: Inputs, ray_log_level: str = "WAR
 
     samples, versions = inputs.samples, inputs.versions
     if cfg.model.tiny_base:  # saved under --out so that eval and resumed runs load the same one
-        texts = [text for s in samples for _, text in s.turns]
-        video = versions["video"].schema
-        save_tiny_base(run.path / "base_model", texts, cfg.data.seed, video.dim, patch_grid(video))
+        tiny_base(run.path / "base_model", cfg, inputs)
         run.push("base_model")
         cfg.model.base, cfg.model.tiny_base = run.location("base_model"), False
     base = local_copy(cfg.model.base, cfg.storage.options(cfg.model.base))
