@@ -16,7 +16,8 @@ At real scale (issue 19, on a GPU machine): `--profile 720p|1080p` makes the cor
 (LLaVA-OneVision-7B's tower) with random weights, `--encoder-dtype bfloat16` runs both paths' encoder in bf16. With a
 GPU both paths encode on it and the table adds the GPU's busy share (sampled every 0.1 s). `--jobs` lists the Ray
 job's runs as DECODER:ACTORS: `pyav:1` = CPU tasks decode (swscale resize), one encoder actor on the GPU;
-`nvdec:8` = 8 encoder actors sharing the GPU (1/8 each), each decoding its videos with NVDEC (torch resize). The
+`nvdec:8` = 8 encoder actors sharing the GPU (1/8 each), each decoding its videos with NVDEC (torch resize);
+`nvdec:1x8` = one encoder actor on the GPU running 8 calls at once in threads (one encoder load). The
 reference runs on the first `--reference-videos` videos only (it is slow at 1080p); rates are per video.
 Also printed: frames decoded per video (the reference decodes all; the job the GOPs that hold sampled frames,
 counted from each video's frame index), CPU core-seconds per video (all processes: the machine's CPU time over the
@@ -137,8 +138,8 @@ def reference_video(path: Path, out: Path, encoder, frames: int) -> tuple[int, f
     return len(video), encode_s
 
 
-def ray_job(manifest: Path, store: Path, encoder_dir: str, frames: int, decoder: str, actors: int, cpus: int,
-            encoder_dtype: str) -> tuple[float, dict]:
+def ray_job(manifest: Path, store: Path, encoder_dir: str, frames: int, decoder: str, actors: int, calls: int,
+            cpus: int, encoder_dtype: str) -> tuple[float, dict]:
     """The job on a fresh local Ray of `cpus` logical CPUs and the machine's GPU, shared by the encoder actors."""
     import ray
 
@@ -153,7 +154,7 @@ def ray_job(manifest: Path, store: Path, encoder_dir: str, frames: int, decoder:
         start = time.perf_counter()
         settings = Settings(frames=frames, encoder_dtype=encoder_dtype, resize=resize)
         summary = materialize(read_items(str(manifest)), str(store), ["video"], {"video": encoder_dir}, settings,
-                              Resources(concurrency=actors, num_gpus=gpus, batch_size=4, part_items=16,
+                              Resources(concurrency=actors, calls_per_actor=calls, num_gpus=gpus, batch_size=4, part_items=16,
                                         decoder=decoder))
         return time.perf_counter() - start, summary.counts["video"]
     finally:
@@ -177,7 +178,7 @@ def main():
     parser.add_argument("--corpus", type=Path, help="an existing corpus directory (default: a new one in a temp dir)")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--jobs", default="pyav:1,pyav:2",
-                        help="the Ray job's runs, DECODER:ACTORS each (default pyav:1,pyav:2)")
+                        help="the Ray job's runs, DECODER:ACTORS[xCALLS] each (default pyav:1,pyav:2)")
     parser.add_argument("--cpus", type=int, help="logical CPUs of the job's Ray (default: actors + 1 on a CPU "
                                                  "machine, every core on a GPU machine)")
     parser.add_argument("--reference-videos", type=int, help="videos the reference script runs on (default all)")
@@ -225,14 +226,15 @@ def main():
         half_manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[: len(half)]))
         for job in args.jobs.split(","):
             decoder, actors = job.split(":")
-            name = f"Ray job, {decoder}, {actors} encoder actor(s)"
+            actors, _, calls = actors.partition("x")
+            name = f"Ray job, {decoder}, {actors} encoder actor(s)" + (f" x {calls} calls" if calls else "")
             cpus = args.cpus or (os.cpu_count() if DEVICE.type == "cuda" else int(actors) + 1)
             runs = [(manifest, rows)] + [(half_manifest, half)] * args.steady
             for items, done in runs:
-                stores.append(work / f"store-{decoder}-{actors}-{len(done)}")
+                stores.append(work / f"store-{decoder}-{actors}x{calls or 1}-{len(done)}")
                 with Usage() as usage:
                     seconds, counts = ray_job(items, stores[-1], encoder_dir, args.frames, decoder, int(actors),
-                                              cpus, args.encoder_dtype)
+                                              int(calls or 1), cpus, args.encoder_dtype)
                 assert counts == {"ok": len(done), "failed": 0, "skipped": 0}, counts
                 results.append(Run(name, len(done), total(done), seconds, job_decoded(done), usage.cpu_s,
                                    usage.gpu_busy))

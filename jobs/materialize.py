@@ -62,6 +62,10 @@ def add_arguments(parser):
                         help=f"frames/windows/views per encoder forward pass (default {resources.rows_per_forward})")
     parser.add_argument("--concurrency", default=str(resources.concurrency), metavar="N|MIN,MAX",
                         help=f"encoder actors: a number or an autoscaling range (default {resources.concurrency})")
+    parser.add_argument("--calls-per-actor", type=int, default=resources.calls_per_actor,
+                        help="concurrent encoder calls per actor: threads that share the actor's encoder and GPU, "
+                             f"decoding while others encode; fewer actors load the encoder (default "
+                             f"{resources.calls_per_actor})")
     parser.add_argument("--num-gpus", type=float, help="GPUs per encoder actor (default: 1 if the cluster has GPUs); "
                         "a fraction runs several actors per GPU, each with its own decoder session and encoder copy")
     parser.add_argument("--part-items", type=int, default=resources.part_items,
@@ -109,6 +113,7 @@ def run(args) -> int:
         raise SystemExit(f"--concurrency {args.concurrency!r}: expected a number N or a range MIN,MAX") from None
     resources = Resources(batch_size=args.items_per_call, rows_per_forward=args.rows_per_forward,
                           concurrency=concurrency[0] if len(concurrency) == 1 else concurrency,
+                          calls_per_actor=args.calls_per_actor,
                           num_gpus=args.num_gpus, part_items=args.part_items, lease_s=args.lease_s,
                           decoder=args.decoder)
     try:

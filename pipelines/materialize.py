@@ -350,8 +350,8 @@ def materialize_modality(items: ray.data.Dataset, modality: Modality, encoder_pa
                            owner=owner, lease_s=resources.lease_s, done=done, gpu_decode=gpu_decode),
         )
         .map_batches(
-            Encode, batch_size=resources.batch_size, compute=_actor_pool(resources.concurrency), num_gpus=num_gpus,
-            num_cpus=resources.encoder_cpus,
+            Encode, batch_size=resources.batch_size, num_gpus=num_gpus, num_cpus=resources.encoder_cpus,
+            compute=_actor_pool(resources.concurrency, resources.calls_per_actor),
             fn_constructor_kwargs=dict(build=build, digest=version.fingerprint.spec["weights_digest"],
                                        dtype=settings.dtype, rows_per_forward=resources.rows_per_forward,
                                        compute_dtype=settings.encoder_dtype),
@@ -390,7 +390,7 @@ def check_settings(settings: Settings, resources: Resources) -> None:
     concurrency = resources.concurrency if isinstance(resources.concurrency, tuple) else (resources.concurrency,)
     counts = {"frames": settings.frames, "grid-3d": settings.grid_3d, "batch-size": resources.batch_size,
               "part-items": resources.part_items, "prepare-batch": resources.prepare_batch,
-              "concurrency": min(concurrency)}
+              "concurrency": min(concurrency), "calls-per-actor": resources.calls_per_actor}
     for name, value in counts.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
@@ -401,10 +401,11 @@ def check_settings(settings: Settings, resources: Resources) -> None:
         raise ValueError(f"concurrency {concurrency[0]},{concurrency[1]}: the minimum is above the maximum")
 
 
-def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
-    if isinstance(concurrency, int):
-        return ray.data.ActorPoolStrategy(size=concurrency)
-    return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+def _actor_pool(concurrency: int | tuple[int, int], calls_per_actor: int) -> ray.data.ActorPoolStrategy:
+    sizes = dict(size=concurrency) if isinstance(concurrency, int) else dict(min_size=concurrency[0],
+                                                                               max_size=concurrency[1])
+    return ray.data.ActorPoolStrategy(**sizes, max_concurrent_calls_per_actor=calls_per_actor,
+                                      enable_true_multi_threading=calls_per_actor > 1)
 
 
 @dataclass

@@ -35,6 +35,9 @@ class Resources:
     batch_size: int = 8  # items per encoder call
     rows_per_forward: int = 128  # time steps (frames, windows, views) per encoder forward pass
     concurrency: int | tuple[int, int] = 1  # encoder actors
+    # concurrent encoder calls per actor: threads sharing the actor's one encoder and GPU context, so that a GPU's
+    # decoding overlaps its encoding without loading the encoder once per actor (the start-up of many actors)
+    calls_per_actor: int = 1
     num_gpus: float | None = None  # per encoder actor; None: 1 when the cluster has GPUs, else 0
     encoder_cpus: float = 1.0
     prepare_batch: int = 2  # items per prepare task

@@ -1,5 +1,6 @@
 """The job around the tokens: input formats, failures, resume, concurrent jobs, the CLI. Real Ray, real PyAV."""
 import shutil
+from dataclasses import replace
 import threading
 
 import numpy as np
@@ -18,10 +19,12 @@ def item_commits(version) -> list[str]:
     return [item for record in version.index(fresh=True).records for item in record["items"]]
 
 
-@pytest.mark.parametrize("source", ["videos", "shards"])
+# the shards through one actor running two calls at once in threads (one encoder shared), the videos one by one
+@pytest.mark.parametrize("source, calls_per_actor", [("videos", 1), ("shards", 2)])
 def test_directory_and_webdataset_inputs_give_the_manifest_tokens(corpus, materialized, resources, tmp_path,
-                                                                 source):
-    summary = materialize(read_items(str(corpus / source)), str(tmp_path), ["video", "audio"], resources=resources)
+                                                                 source, calls_per_actor):
+    summary = materialize(read_items(str(corpus / source)), str(tmp_path), ["video", "audio"],
+                          resources=replace(resources, calls_per_actor=calls_per_actor))
     assert summary.counts == {m: {"ok": 8, "failed": 0, "skipped": 0} for m in ("video", "audio")}
     for modality in ("video", "audio"):  # where the time went: decoding in the tasks, forwards in the actors
         timing = summary.timing[modality]

@@ -118,6 +118,8 @@ BAD_FLAGS = {  # argv -> the one line
                                                                    "above the maximum",
     "materialize --input {tmp} --store {tmp}/s --concurrency x": "pave materialize: --concurrency 'x': expected a "
                                                                  "number N or a range MIN,MAX",
+    "materialize --input {tmp} --store {tmp}/s --calls-per-actor 0": "pave materialize: calls-per-actor must be at "
+                                                                    "least 1, got 0",
     "materialize --input {tmp} --store {tmp}/s --lease-s -5": "pave materialize: lease-s must be above 0, got -5",
     "materialize --input {tmp} --store {tmp}/file": "pave materialize: --store {tmp}/file: a file, not a feature "
                                                     "store; give a folder (new, or a store to add to)",
