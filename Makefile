@@ -14,5 +14,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/pave demo --workdir demo_out
 
+# Two pytest processes: much of the suite waits on Ray, subprocesses and the loopback S3 server, not on a core.
+TEST_PROCESSES ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_PROCESSES) tests

@@ -14,6 +14,20 @@ for key, value in CREDENTIALS.items():
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist (`make test` runs the suite in two processes)
+def pytest_xdist_make_scheduler(config, log):
+    """Whole test files to each pytest process, so that a file's module fixtures are built once, and the files of
+    tests/cluster together, so that they share the session's cluster (tests/cluster/conftest.py)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndTheClusterFolder(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/cluster" if path.startswith("tests/cluster/") else path
+
+    return FilesAndTheClusterFolder(config, log)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

@@ -59,13 +59,13 @@ def test_a_command_prints_only_its_own_lines_and_with_verbose_rays_too(corpus, r
     assert not not_ours(trained), trained
     assert len(re.findall(r"step \d/4 ", trained)) == 4  # one progress line per report
 
-    # the flag after the command, and before it
-    materialized = pave("materialize", "--input", manifest, "--store", tmp_path / "verbose_store",
+    # the flag after the command, and before it; a rerun (every item done) runs the same Ray Data job
+    materialized = pave("materialize", "--input", manifest, "--store", tmp_path / "store",
                         "--modalities", "video,audio", "--frames", 4, "--verbose")
     for ray_line in ("Token authentication is enabled for this Ray cluster", "Started a local Ray instance",
                      "Execution plan of Dataset"):
         assert ray_line in materialized, materialized
-    trained = pave("--verbose", "train", "--store", tmp_path / "verbose_store", "--annotations", annotations,
+    trained = pave("--verbose", "train", "--store", tmp_path / "store", "--annotations", annotations,
                    "--out", tmp_path / "verbose_run", *TRAIN)
     for ray_line in ("Started training worker group of size 1", "Reporting training result 4: TrainingReport(",
                      "Checkpoint successfully created at"):

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin: `ray` and the `pave` console script
 JOB_TIMEOUT_S = 420
 START_TIMEOUT_S = 180
+WORKER_CPUS = 2  # per worker node of the tests' cluster (conftest.py): a training worker asks for all of them
 FINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 
 
@@ -183,6 +184,12 @@ class Cluster:
         node = self._start(name, num_cpus, {name: 1}, [f"--address={self.gcs}"])
         node.node_id = self._wait_registered(node)
         return node
+
+    def ensure_workers(self, count: int, num_cpus: float) -> "Cluster":
+        """This cluster once it has `count` worker nodes: nodes of `num_cpus` are added for those killed."""
+        while len(self.workers()) < count:
+            self.add_node(num_cpus)
+        return self
 
     def kill_node(self, name: str) -> Node:
         """The node lost: its whole process tree SIGKILLed at once (see kill_tree)."""

@@ -1,6 +1,6 @@
-"""`pave` jobs on a cluster of several nodes (tests/cluster/raycluster.py: a head without CPUs, so that the work goes
-to the worker nodes, and two worker nodes, each a separate `ray start`), submitted through the Jobs API as a user
-submits them. Where work ran is read from Ray's own state (tasks, actors, nodes); a lost node is its whole process
+"""`pave` jobs on a cluster of several nodes (the session's, tests/cluster/conftest.py: a head without CPUs, so
+that the work goes to the worker nodes, and two worker nodes, each a separate `ray start`), submitted through the
+Jobs API as a user submits them. Where work ran is read from Ray's own state (tasks, actors, nodes); a lost node is its whole process
 tree SIGKILLed at once, and the jobs must finish anyway, storing and training exactly what an undisturbed run does.
 
 The store, the annotations and every --out are on an S3 server (moto, tests/s3server.py: a thread of this pytest
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from ray.job_submission import JobStatus
-from raycluster import Cluster, start_cluster, submit, wait_job
+from raycluster import WORKER_CPUS, Cluster, submit, wait_job
 
 from featurestore import FeatureStore
 from featurestore.files import Files
@@ -26,7 +26,6 @@ from training.rundir import local_copy
 
 pytestmark = pytest.mark.timeout(900)
 
-WORKER_CPUS = 2  # per worker node; a training worker asks for all of them, so two workers need two nodes
 MODALITIES = ("video", "audio")
 MATERIALIZE = "--modalities video,audio --frames 4 --items-per-call 1 --part-items 1 --concurrency 2 --strict"
 
@@ -54,27 +53,6 @@ def json_lines(bucket, url: str) -> list[dict]:
     """The JSON lines of the object at `url`; none while it does not exist."""
     fs = files(bucket, url).fs
     return [json.loads(line) for line in fs.cat_file(url).decode().splitlines()] if fs.exists(url) else []
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    cluster = start_cluster(head_cpus=0, workers={"node_a": WORKER_CPUS, "node_b": WORKER_CPUS})
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-def two_workers(cluster: Cluster) -> Cluster:
-    """The cluster with two worker nodes: a node an earlier test killed is replaced first."""
-    while len(cluster.workers()) < 2:
-        cluster.add_node(WORKER_CPUS)
-    return cluster
-
-
-@pytest.fixture
-def nodes(cluster) -> Cluster:
-    return two_workers(cluster)
 
 
 def ray_job_id(cluster: Cluster, submission_id: str) -> str:
@@ -129,7 +107,7 @@ def materialize_command(corpus: Path, store: str, bucket=None) -> str:
 def materialized(cluster, bucket, corpus):
     """The session corpus (8 takes) materialized by one submitted job into the bucket: (store URL, submission id)."""
     store = f"{bucket.url}/store"
-    job = submit(two_workers(cluster), materialize_command(corpus, store, bucket))
+    job = submit(cluster.ensure_workers(2, WORKER_CPUS), materialize_command(corpus, store, bucket))
     wait_job(cluster, job)
     return store, job
 
@@ -176,7 +154,8 @@ def train(cluster, bucket, materialized, train_annotations):
     """Submits the run of `trained` into s3://BUCKET/runs/NAME: (out, submission id)."""
     def submit_run(name: str) -> tuple[str, str]:
         out = f"{bucket.url}/runs/{name}"
-        return out, submit(two_workers(cluster), train_command(bucket, materialized[0], train_annotations, out))
+        command = train_command(bucket, materialized[0], train_annotations, out)
+        return out, submit(cluster.ensure_workers(2, WORKER_CPUS), command)
     return submit_run
 
 
