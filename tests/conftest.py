@@ -32,6 +32,8 @@ def pytest_xdist_make_scheduler(config, log):
 def ray_local():
     import ray
 
+    if ray.is_initialized():  # a command that a test ran in this process before started a Ray of its own
+        ray.shutdown()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield ray
