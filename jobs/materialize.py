@@ -98,7 +98,7 @@ def run(args) -> int:
     from pipelines.materialize import (MODALITIES, Resources, Settings, actor_gpus, check_settings, decode_on_gpus,
                                        materialize)
     from training.config import storage_config
-    from pipelines.sources import read_items, unlisted_files
+    from pipelines.sources import list_items, unlisted_files
 
     store = output_path(args.store, "--store", urls=True)
     if os.path.isfile(store):
@@ -124,6 +124,7 @@ def run(args) -> int:
         check_settings(settings, resources)
     except ValueError as e:
         raise SystemExit(str(e)) from e
+    listing = list_items(args.input, args.root)
     ray = init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = True
     gpus = actor_gpus(resources)
@@ -134,7 +135,7 @@ def run(args) -> int:
     if gpus and gpus_pending(ray, f"--num-gpus {args.num_gpus:g}", "leave --num-gpus out to encode on CPUs"):
         print(f"pave materialize: --num-gpus {args.num_gpus:g} and no GPU in the cluster yet: the encoder actors wait "
               "for GPU nodes to join", file=sys.stderr)
-    summary = materialize(read_items(args.input, args.root), store, args.modalities, encoder_paths, settings,
+    summary = materialize(listing.dataset(), store, args.modalities, encoder_paths, settings,
                           resources, owner=args.owner, storage_options=storage_config(args).options(store))
     summary.notes += [line for line in [unlisted_files(args.input)] if line]
     print(summary.table())

@@ -6,7 +6,7 @@
   relative to the manifest's directory (the synthetic corpus's manifest.jsonl is one); "video" is a video file or
   a folder of frames (the 3D tasks' manifests: pipelines/media.py reads it at one frame per second); a row with
   other keys, values of other types, or without an id or an input, is an item whose problem names its line, and a
-  manifest none of whose rows can be stored is a SourceError before any Ray work,
+  manifest none of whose rows can be stored is a SourceError before Ray starts (list_items),
 - WebDataset tar shards (a .tar file or a directory of them): the video is the sample's video member, the rest of
   the item comes from its `json` member (a manifest row), whose paths are relative to `root` (default: the
   directory above the shards', the corpus layout).
@@ -22,12 +22,13 @@ import os
 import re
 import tarfile
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from featurestore import ID_RULE, id_problem
 
-if TYPE_CHECKING:  # imported where items are listed, so that annotation checks (video_file_id) need no Ray
+if TYPE_CHECKING:  # imported where a Listing becomes a dataset: listing and annotation checks need no Ray
     import ray
 
 VIDEO_SUFFIXES = ("mp4", "mkv", "webm", "mov", "avi", "m4v", "mpg", "mpeg", "ts", "m2ts", "mts", "3gp", "flv", "wmv",
@@ -71,9 +72,28 @@ def video_file_id(name: str) -> str | None:
     return file.stem if file.suffix.lstrip(".").lower() in VIDEO_SUFFIXES else None
 
 
-def read_items(source: str, root: str | None = None) -> "ray.data.Dataset":
-    import ray
+@dataclass(frozen=True)
+class Listing:
+    """What an --input lists, checked without Ray (list_items): its items (a manifest's rows, a folder's videos), or
+    the WebDataset shards whose samples are the items."""
 
+    items: tuple[dict, ...] = ()
+    tars: tuple[str, ...] = ()
+    base: str = ""  # of a sample's relative paths
+    duplicates: dict[str, str] = field(default_factory=dict)  # id -> its problem, for ids of several samples
+
+    def dataset(self) -> "ray.data.Dataset":
+        import ray
+
+        if self.tars:
+            return ray.data.read_webdataset(list(self.tars)).map(
+                _webdataset_item, fn_kwargs={"base": self.base, "duplicates": self.duplicates})
+        return ray.data.from_items(list(self.items))
+
+
+def list_items(source: str, root: str | None = None) -> Listing:
+    """The items of `source`, or a SourceError naming why it lists none that could be stored; no Ray needed, so
+    that a wrong --input is refused before Ray starts."""
     # Items name absolute paths: Ray workers need not share the driver's working directory.
     path, root = Path(source).absolute(), root and str(Path(root).absolute())
     if path.suffix in (".jsonl", ".json"):
@@ -82,10 +102,8 @@ def read_items(source: str, root: str | None = None) -> "ray.data.Dataset":
                        source)
     tars = [path] if path.suffix == ".tar" else sorted(path.glob("*.tar")) if path.is_dir() else []
     if tars:
-        base = root or str(tars[0].parent.parent)
-        duplicates = _duplicates(_webdataset_ids(tars))
-        return ray.data.read_webdataset([str(t) for t in tars]).map(
-            _webdataset_item, fn_kwargs={"base": base, "duplicates": duplicates})
+        return Listing(tars=tuple(map(str, tars)), base=root or str(tars[0].parent.parent),
+                       duplicates=_duplicates(_webdataset_ids(tars)))
     if path.is_dir():
         videos = sorted(str(p) for p in path.iterdir() if _is_video(p))
         if not videos:
@@ -93,6 +111,11 @@ def read_items(source: str, root: str | None = None) -> "ray.data.Dataset":
                               + (f"; {unlisted_files(source)}" if unlisted_files(source) else ""))
         return _listed([_item(video_file_id(v), v, video=v) for v in videos], source)
     raise SourceError(f"{source}: not a directory of videos or tar shards, a .tar, or a .jsonl manifest")
+
+
+def read_items(source: str, root: str | None = None) -> "ray.data.Dataset":
+    """The items of `source` as a Ray Dataset (list_items, then Listing.dataset)."""
+    return list_items(source, root).dataset()
 
 
 def _is_video(path: Path) -> bool:
@@ -127,16 +150,14 @@ def _flag_duplicate(item: dict, duplicates: dict[str, str]) -> dict:
     return {**item, "problem": item["problem"] or duplicates.get(item["id"], "")}
 
 
-def _listed(items: list[dict], source: str) -> "ray.data.Dataset":
-    import ray
-
+def _listed(items: list[dict], source: str) -> Listing:
     duplicates = _duplicates([(item["id"], item["source"]) for item in items])
     items = [_flag_duplicate(item, duplicates) for item in items]
     if not items:
         raise SourceError(f"{source}: no rows; a manifest lists one item a line: {MANIFEST_ROW}")
     if all(item["problem"] for item in items):  # a job would only fail them all: say why now, in one line
         raise SourceError(f"{source}: none of its {len(items)} item(s) can be stored; the first: {items[0]['problem']}")
-    return ray.data.from_items(items)
+    return Listing(items=tuple(items))
 
 
 def _duplicates(listing: list[tuple[str, str]]) -> dict[str, str]:

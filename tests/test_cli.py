@@ -85,15 +85,29 @@ def test_help_lists_every_option_without_importing_heavy_libraries(command):
                                                   "--model.patches.neighbourhood", "--data.loss-tokens"))
 
 
+def exit_code_and_whether_ray_started(argv: list) -> subprocess.CompletedProcess:
+    """`pave ARGV` in a fresh process that prints its exit code and whether Ray was initialised."""
+    probe = ("import ray\nfrom jobs.cli import main\n"
+             f"code = main({list(map(str, argv))!r})\nprint(code, ray.is_initialized())")
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+
+
 @pytest.mark.parametrize("command", ["train --tiny-base --store {tmp} --out {tmp}/run",
                                      "eval --store {tmp} --base-model {tmp} --out {tmp}/eval"])
 def test_a_missing_file_is_refused_before_ray_starts_and_nothing_is_created(command, tmp_path):
     """A typo costs no Ray start-up (10-20 s): the inputs are checked before Ray starts, and --out is not made."""
-    argv = [*command.format(tmp=tmp_path).split(), "--annotations", str(tmp_path / "typo.json")]
-    probe = ("import sys, ray\nfrom jobs.cli import main\n"
-             f"code = main({argv!r})\nprint(code, ray.is_initialized())")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    done = exit_code_and_whether_ray_started(
+        [*command.format(tmp=tmp_path).split(), "--annotations", str(tmp_path / "typo.json")])
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
     assert f"{tmp_path / 'typo.json'}: not a readable JSON file" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_manifest_with_nothing_to_store_is_refused_before_ray_starts(tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"id": "a", "path": "a.mp4"}\n')  # "path" for "video"
+    done = exit_code_and_whether_ray_started(["materialize", "--input", manifest, "--store", tmp_path / "store"])
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert "none of its 1 item(s) can be stored; the first: " in done.stderr and "unknown key(s) 'path'" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.jsonl"]
