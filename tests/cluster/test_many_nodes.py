@@ -74,8 +74,8 @@ def committed(store: str, storage_options: dict) -> Counter:
                    for item in record["items"])
 
 
-def manifest_ids(corpus: Path) -> set[str]:
-    return {json.loads(line)["id"] for line in (corpus / "manifest.jsonl").read_text().splitlines()}
+def manifest_ids(manifest: Path) -> set[str]:
+    return {json.loads(line)["id"] for line in manifest.read_text().splitlines()}
 
 
 def assert_stored_once_and_verified(cluster: Cluster, store: str, ids: set[str], bucket=None) -> None:
@@ -98,16 +98,15 @@ def wait_running(cluster: Cluster, job: str, condition, timeout_s: float = 300) 
         time.sleep(0.1)
 
 
-def materialize_command(corpus: Path, store: str, bucket=None) -> str:
-    return (f"pave materialize --input {corpus / 'manifest.jsonl'} --store {store} {MATERIALIZE} "
-            f"{endpoint(bucket)}")
+def materialize_command(manifest: Path, store: str, bucket=None) -> str:
+    return f"pave materialize --input {manifest} --store {store} {MATERIALIZE} {endpoint(bucket)}"
 
 
 @pytest.fixture(scope="module")
 def materialized(cluster, bucket, corpus):
     """The session corpus (8 takes) materialized by one submitted job into the bucket: (store URL, submission id)."""
     store = f"{bucket.url}/store"
-    job = submit(cluster.ensure_workers(2, WORKER_CPUS), materialize_command(corpus, store, bucket))
+    job = submit(cluster.ensure_workers(2, WORKER_CPUS), materialize_command(corpus / "manifest.jsonl", store, bucket))
     wait_job(cluster, job)
     return store, job
 
@@ -116,7 +115,7 @@ def test_materialize_runs_on_both_worker_nodes_and_stores_every_item_once(nodes,
     store, job = materialized
     ran = task_nodes(nodes, job)
     assert ran["node_a"] > 0 and ran["node_b"] > 0, ran
-    assert_stored_once_and_verified(nodes, store, manifest_ids(corpus), bucket)
+    assert_stored_once_and_verified(nodes, store, manifest_ids(corpus / "manifest.jsonl"), bucket)
 
 
 TRAIN_STEPS, CHECKPOINT_EVERY, REPORT_EVERY = 16, 4, 2
@@ -199,11 +198,15 @@ def test_eval_generates_on_both_worker_nodes(nodes, bucket, trained, corpus, tmp
     assert generated_on == {node.name for node in nodes.workers()}
 
 
-def test_materialize_survives_a_lost_worker_node(nodes, bucket, corpus):
+def test_materialize_survives_a_lost_worker_node(nodes, bucket, corpus, tmp_path):
     # Ray retries the lost node's write tasks, also one whose commit record had landed: it must not commit again
-    # (seen once here before write_part checked for it).
-    store, ids = f"{bucket.url}/lost-node-store", manifest_ids(corpus)
-    job = submit(nodes, f"{materialize_command(corpus, store, bucket)} --owner lost-node")
+    # (seen once here before write_part checked for it). Half the corpus: 8 items of 2 modalities to kill amid.
+    rows = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines()][:4]
+    manifest = tmp_path / "half.jsonl"
+    manifest.write_text("".join(json.dumps({"id": row["id"], "video": str(corpus / row["video"])}) + "\n"
+                                for row in rows))
+    store, ids = f"{bucket.url}/lost-node-store", manifest_ids(manifest)
+    job = submit(nodes, f"{materialize_command(manifest, store, bucket)} --owner lost-node")
     wait_running(nodes, job, lambda: len(committed(store, bucket.storage_options)) >= 2)
     victim = nodes.workers()[-1]
     nodes.kill_node(victim.name)
