@@ -154,8 +154,8 @@ def ray_job(manifest: Path, store: Path, encoder_dir: str, frames: int, decoder:
         start = time.perf_counter()
         settings = Settings(frames=frames, encoder_dtype=encoder_dtype, resize=resize)
         summary = materialize(read_items(str(manifest)), str(store), ["video"], {"video": encoder_dir}, settings,
-                              Resources(concurrency=actors, calls_per_actor=calls, num_gpus=gpus, batch_size=4, part_items=16,
-                                        decoder=decoder))
+                              Resources(concurrency=actors, calls_per_actor=calls, num_gpus=gpus, batch_size=4,
+                                        part_items=16, decoder=decoder))
         return time.perf_counter() - start, summary.counts["video"]
     finally:
         ray.shutdown()

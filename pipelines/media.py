@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from av.sidedata.sidedata import Type
 
-from .frames import COLORSPACES, Colour, nv12_to_input, rgb_to_input
 from .errors import ItemError
+from .frames import COLORSPACES, Colour, nv12_to_input, rgb_to_input
 from .settings import RESIZES
 
 # What PyAV and the OS raise for a file that cannot be read (besides ItemError): a failure of that item only.

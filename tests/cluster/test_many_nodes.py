@@ -1,7 +1,8 @@
 """`pave` jobs on a cluster of several nodes (the session's, tests/cluster/conftest.py: a head without CPUs, so
 that the work goes to the worker nodes, and two worker nodes, each a separate `ray start`), submitted through the
-Jobs API as a user submits them. Where work ran is read from Ray's own state (tasks, actors, nodes); a lost node is its whole process
-tree SIGKILLed at once, and the jobs must finish anyway, storing and training exactly what an undisturbed run does.
+Jobs API as a user submits them. Where work ran is read from Ray's own state (tasks, actors, nodes); a lost node is
+its whole process tree SIGKILLed at once, and the jobs must finish anyway, storing and training exactly what an
+undisturbed run does.
 
 The store, the annotations and every --out are on an S3 server (moto, tests/s3server.py: a thread of this pytest
 process, up while the jobs run), as on a cluster whose nodes share no disk: Ray Train keeps its checkpoints there and

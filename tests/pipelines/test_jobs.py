@@ -1,7 +1,7 @@
 """The job around the tokens: input formats, failures, resume, concurrent jobs, the CLI. Real Ray, real PyAV."""
 import shutil
-from dataclasses import replace
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
