@@ -3,6 +3,8 @@ generation over Ray actors. Every run is real: Ray, Ray Data, transformers, peft
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,6 +124,78 @@ def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_repo
     assert f"16 of 16 samples ask a question {final} was trained on, of the same video (e.g. 'v000-q0', trained as " \
         "'v000-q0')" in caplog.text
     assert "| 16 |" in (tmp_path / "eval2" / "report.md").read_text()
+
+
+LMMS_EVAL = Path(sys.prefix, "lmms-eval")  # installed there by `make test` (Makefile: LMMS_EVAL)
+TINY_TASK = """task: pave_tiny
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: question
+doc_to_target: answer
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def lmms_eval(samples: list, videos: list[str], out: Path, model_args: str) -> subprocess.CompletedProcess:
+    """The lmms-eval command line, offline, on a task of the samples' questions whose videos are the `videos` paths
+    (as lmms-eval's tasks name them; the files need not exist: their names are the store ids)."""
+    docs = [{"video": video, "question": s.turns[0][1].removeprefix("<video>\n"), "answer": s.answer}
+            for s, video in zip(samples, videos)]
+    tasks = out / "tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "docs.json").write_text(json.dumps(docs))
+    (tasks / "pave_tiny.yaml").write_text(TINY_TASK.format(docs=tasks / "docs.json"))
+    (tasks / "utils.py").write_text("def doc_to_visual(doc):\n    return [doc['video']]\n")
+    env = {**os.environ, "PYTHONPATH": str(LMMS_EVAL), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_HOME": str(out / "hf")}
+    argv = [sys.executable, "-m", "lmms_eval", "--model", "pave", "--model_args", model_args, "--tasks", "pave_tiny",
+            "--include_path", str(tasks), "--batch_size", "4", "--output_path", str(out / "results"), "--log_samples"]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+
+
+def lmms_eval_predictions(samples: list, out: Path) -> tuple[dict, float]:
+    """What lmms-eval logged: each sample's prediction (by sample id) and the task's exact match (in a folder named
+    after the model's arguments)."""
+    (logged,) = (out / "results").rglob("*_samples_pave_tiny.jsonl")
+    by_doc = {(doc := json.loads(line))["doc_id"]: doc["filtered_resps"] for line in logged.read_text().splitlines()}
+    (results,) = (out / "results").rglob("*_results.json")
+    return {s.id: by_doc[k] for k, s in enumerate(samples)}, \
+        json.loads(results.read_text())["results"]["pave_tiny"]["exact_match,none"]
+
+
+@pytest.mark.skipif(not LMMS_EVAL.is_dir(), reason=f"lmms-eval is not installed at {LMMS_EVAL} (`make test` does)")
+def test_lmms_eval_runs_a_checkpoint_or_base_model_from_the_store_and_answers_as_pave_eval(trained, synthetic_store,
+                                                                                          tmp_path):
+    final, out = trained
+    store, annotations = synthetic_store
+    samples = load_annotations(annotations)
+    clips = [f"{tmp_path}/clips/{s.video_id}.mp4" for s in samples]
+    # the trained export (its audio patch and LoRA), and the base model alone, whose answers differ by video
+    runs = {"checkpoint": ([f"checkpoint={final}"], ["--checkpoint", str(final)]),
+            "base": ([f"store={store}", f"base_model={out / 'base_model'}", "max_new_tokens=8"],
+                     ["--store", store, "--base-model", str(out / "base_model"), "--max-new-tokens", "8"])}
+    for name, (model_args, flags) in runs.items():
+        assert pave(["eval", "--annotations", str(annotations), "--out", str(tmp_path / name / "eval"),
+                     "--batch-size", "4", *flags]) == 0
+        ours = json.loads((tmp_path / name / "eval" / "report.json").read_text())
+        done = lmms_eval(samples, clips, tmp_path / name / "lmms", ",".join(model_args))
+        predictions, exact = lmms_eval_predictions(samples, tmp_path / name / "lmms")
+        assert predictions == {r["id"]: r["prediction"] for r in ours["predictions"]}, done.stdout[-3000:]
+        assert exact == ours["metrics"]["exact_match"]
+    assert len(set(predictions.values())) > 1  # the base model's answers tell the videos apart
+    # a task video the store lacks is refused before any generation, naming it
+    done = lmms_eval(samples, [*clips[:3], "clips/not_materialized.mp4", *clips[4:]], tmp_path / "missing",
+                     f"checkpoint={final}")
+    assert "Error during evaluation: " in done.stdout and "not_materialized" in done.stdout, done.stdout[-3000:]
+    assert not list((tmp_path / "missing").rglob("*_results.json"))  # lmms-eval exits 0 after any error
 
 
 def test_eval_of_a_run_directory_evaluates_its_final_export(trained, synthetic_store, tmp_path, capsys):
