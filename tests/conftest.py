@@ -34,7 +34,10 @@ def ray_local():
 
     if ray.is_initialized():  # a command that a test ran in this process before started a Ray of its own
         ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # With its dashboard: Ray Train's placement-group cleaner asks the state API at the dashboard address the cluster
+    # records, which without one is 127.0.0.1:8265, where another Ray of this host may answer (docs/DESIGN.md,
+    # Pitfalls); a dashboard takes a free port when 8265 is taken.
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False, configure_logging=False)
     try:
         yield ray
     finally:
