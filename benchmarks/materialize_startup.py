@@ -99,10 +99,13 @@ def main():
         (item,) = load_manifest(manifest.parent)
         item = {**item, "video": str(manifest.parent / item["video"])}
         plan = video.prepare(item, settings, encoder.inputs, gpu_decode=True).plan
+        assert plan and actor.gpu_frames.nvdec, "NVDEC cannot take the clip: the rows below would time PyAV"
         for which in ("first", "second"):
             _, seconds = timed(lambda: actor.gpu_frames(plan))
             row(f"one actor: {which} NVDEC decode ({args.frames} frames of a 30 s 1080p clip)", seconds)
-    actor = encoder = None  # off the GPU before the Ray actors take it
+    actor = encoder = _ = None  # off the GPU before the Ray actors take it
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
 
     import ray
 

@@ -141,6 +141,8 @@ metric_list:
   - metric: exact_match
     aggregation: mean
     higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
 """
 
 
@@ -191,11 +193,15 @@ def test_lmms_eval_runs_a_checkpoint_or_base_model_from_the_store_and_answers_as
         assert predictions == {r["id"]: r["prediction"] for r in ours["predictions"]}, done.stdout[-3000:]
         assert exact == ours["metrics"]["exact_match"]
     assert len(set(predictions.values())) > 1  # the base model's answers tell the videos apart
-    # a task video the store lacks is refused before any generation, naming it
-    done = lmms_eval(samples, [*clips[:3], "clips/not_materialized.mp4", *clips[4:]], tmp_path / "missing",
-                     f"checkpoint={final}")
-    assert "Error during evaluation: " in done.stdout and "not_materialized" in done.stdout, done.stdout[-3000:]
-    assert not list((tmp_path / "missing").rglob("*_results.json"))  # lmms-eval exits 0 after any error
+    # refused before any generation, naming them: a task video the store lacks, two paths read as one store item
+    refusals = {"missing": ([*clips[:3], "clips/not_materialized.mp4", *clips[4:]],
+                            ["have no 'video' or 'audio' features: not_materialized"]),
+                "same_name": ([*clips[:5], "elsewhere/v000.mp4", *clips[6:]],
+                              ["elsewhere/v000.mp4 and", "are both read as store item 'v000'"])}
+    for name, (videos, said) in refusals.items():
+        done = lmms_eval(samples, videos, tmp_path / name, f"checkpoint={final}")
+        assert "Error during evaluation: " in done.stdout and all(s in done.stdout for s in said), done.stdout[-3000:]
+        assert not list((tmp_path / name).rglob("*_results.json"))  # lmms-eval exits 0 after any error
 
 
 def test_eval_of_a_run_directory_evaluates_its_final_export(trained, synthetic_store, tmp_path, capsys):
