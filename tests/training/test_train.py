@@ -107,10 +107,12 @@ def test_eval_needs_only_the_checkpoint_and_two_workers_give_the_one_worker_repo
     reports = {}
     for workers in (1, 2):
         argv = ["eval", "--annotations", str(annotations), "--checkpoint", str(final), "--out",
-                str(tmp_path / f"eval{workers}"), "--workers", str(workers), "--batch-size", "4"]
+                str(tmp_path / f"eval{workers}"), "--workers", str(workers), "--batch-size", "2"]
         assert pave(argv) == 0
         reports[workers] = json.loads((tmp_path / f"eval{workers}" / "report.json").read_text())
-    assert len(reports[1]["workers"]) == 1 and len(reports[2]["workers"]) == 2  # 4 batches over 2 actors
+    # 8 batches over 2 actors: Ray Data hands each batch to an idle actor as its rows arrive, and with 4 batches a
+    # loaded CI machine once let the first actor take them all before the second had one
+    assert len(reports[1]["workers"]) == 1 and len(reports[2]["workers"]) == 2
     for report in reports.values():
         del report["workers"]
     assert reports[1] == reports[2]
