@@ -25,7 +25,7 @@ from pipelines.annotations import Sample
 from pipelines.sources import video_file_id
 from pipelines.training_data import FetchFeatures, check_samples, modality_dtypes, sample_row
 from training.config import ConfigError
-from training.evaluation import EvalRequest, Generate, checked_versions, generation_order
+from training.evaluation import EvalRequest, Generate, checked_versions, generation_order, stored_frames
 
 # the answer length when neither the task nor the checkpoint gives one: the official video evaluators' budget
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -116,8 +116,7 @@ class PaveModel(lmms):
     def generate_until(self, requests) -> list[str]:
         samples = self._samples(requests)
         check_samples(samples, self.versions, f"the lmms-eval tasks {sorted({r.args[4] for r in requests})}")
-        stored = self.versions["video"].index().rows  # item -> (part, first row, end row): a row is a frame
-        frames = {s.video_id: stored[s.video_id][2] - stored[s.video_id][1] for s in samples}
+        frames = stored_frames(self.versions["video"], samples)
         budgets = {s.id: self._answer_budget(r.args[1]) for s, r in zip(samples, requests)}
         answers, cut_short = {}, 0
         progress = tqdm(total=len(samples), desc="pave generating")

@@ -117,6 +117,12 @@ def answer_budget(model_dir: str, samples: list[Sample]) -> int:
     return longest + 1 + max(8, longest // 4)
 
 
+def stored_frames(video: Version, samples: list[Sample]) -> dict[str, int]:
+    """The stored frames of each sample's video, from the store's index (no tokens read): generation_order's key."""
+    rows = video.index().rows  # item -> (part, first row, end row): a row is a frame
+    return {s.video_id: rows[s.video_id][2] - rows[s.video_id][1] for s in samples}
+
+
 def generation_order(samples: list[Sample], frames: dict[str, int]) -> list[Sample]:
     """The order the samples are generated in, cut into batches: by prompt length, so that a batch pads little, with
     the questions on one video next to each other, so that its prefix is prefilled once (model/generation.py). A
@@ -238,8 +244,7 @@ def evaluate(request: EvalRequest, start_ray=None) -> dict:
                     "of %s plus a margin (--max-new-tokens sets it)", request.max_new_tokens, request.annotations)
     if start_ray:
         start_ray()
-    stored = versions["video"].index().rows  # item -> (part, first row, end row): a row is a frame
-    order = generation_order(samples, {s.video_id: stored[s.video_id][2] - stored[s.video_id][1] for s in samples})
+    order = generation_order(samples, stored_frames(versions["video"], samples))
     generation = feature_dataset(order, versions).map_batches(
         Generate, batch_size=request.batch_size, num_gpus=request.gpus_per_worker, num_cpus=request.cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=request.workers, max_tasks_in_flight_per_actor=1),
